@@ -1,0 +1,1 @@
+"""Envoy's file access logger: format compiler and non-blocking sink."""

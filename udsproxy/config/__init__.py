@@ -1,0 +1,1 @@
+"""Envoy v3 bootstrap -> udsproxy's frozen config model."""

@@ -1,0 +1,173 @@
+"""udsproxy's own config model: frozen dataclasses holding only what udsproxy implements.
+
+The user's YAML is validated against Envoy's v3 API (``config.validate``) and then converted once
+(``config.convert``) into these types. Field names are Envoy's YAML names so they grep 1:1.
+Durations are float seconds; 0.0 means "disabled" where Envoy says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = [
+    "DEFAULT_BUFFER_LIMIT",
+    "DEFAULT_UPSTREAM_IDLE_TIMEOUT",
+    "AccessLog",
+    "Address",
+    "Bootstrap",
+    "Cluster",
+    "Endpoint",
+    "HttpConnectionManager",
+    "Listener",
+    "Pipe",
+    "Route",
+    "RouteAction",
+    "RouteConfiguration",
+    "RouteMatch",
+    "SocketAddress",
+    "UpgradeConfig",
+    "VirtualHost",
+]
+
+DEFAULT_BUFFER_LIMIT = 1024 * 1024
+# Deviation from Envoy (1 h): below nginx's 75 s keepalive_timeout, so the proxy closes an idle
+# upstream connection before nginx does and never races a request into a closing socket (503 UC).
+DEFAULT_UPSTREAM_IDLE_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SocketAddress:
+    address: str
+    port_value: int
+
+    def __str__(self) -> str:
+        if ":" in self.address:
+            return f"[{self.address}]:{self.port_value}"
+        return f"{self.address}:{self.port_value}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pipe:
+    """A Unix domain socket. ``path`` keeps Envoy's spelling: ``@name`` is abstract."""
+
+    path: str
+    mode: int = 0
+
+    @property
+    def abstract(self) -> bool:
+        return self.path.startswith("@")
+
+    @property
+    def sockaddr(self) -> str:
+        """What to hand to connect()/bind(): abstract names start with NUL."""
+        return "\0" + self.path[1:] if self.abstract else self.path
+
+    def __str__(self) -> str:
+        return self.path
+
+
+Address = SocketAddress | Pipe
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccessLog:
+    """envoy.access_loggers.file. Exactly one of text_format / json_format is set, or neither
+    (then Envoy's default format applies)."""
+
+    path: str
+    text_format: str | None = None
+    # json_format keeps the user's nesting; leaves are format strings or typed literals.
+    json_format: dict[str, object] | None = None
+    omit_empty_values: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpgradeConfig:
+    upgrade_type: str  # compared case-insensitively
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteMatch:
+    """Exactly one of prefix / path / safe_regex is set."""
+
+    prefix: str | None = None
+    path: str | None = None
+    safe_regex: str | None = None
+    case_sensitive: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteAction:
+    cluster: str
+    timeout: float = 15.0  # 0 disables
+    prefix_rewrite: str | None = None
+    upgrade_configs: tuple[UpgradeConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Route:
+    name: str = ""
+    match: RouteMatch
+    route: RouteAction
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VirtualHost:
+    name: str
+    domains: tuple[str, ...]
+    routes: tuple[Route, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteConfiguration:
+    name: str = ""
+    virtual_hosts: tuple[VirtualHost, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpConnectionManager:
+    stat_prefix: str
+    route_config: RouteConfiguration
+    access_log: tuple[AccessLog, ...] = ()
+    use_remote_address: bool = False
+    xff_num_trusted_hops: int = 0
+    server_name: str = "envoy"
+    max_request_headers_kb: int = 60
+    # common_http_protocol_options
+    idle_timeout: float = 3600.0
+    max_headers_count: int = 100
+    upgrade_configs: tuple[UpgradeConfig, ...] = ()
+    stream_idle_timeout: float = 300.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Listener:
+    name: str
+    address: Address
+    http_connection_manager: HttpConnectionManager
+    per_connection_buffer_limit_bytes: int = DEFAULT_BUFFER_LIMIT
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Endpoint:
+    address: Address
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cluster:
+    name: str
+    endpoints: tuple[Endpoint, ...]
+    connect_timeout: float = 5.0
+    per_connection_buffer_limit_bytes: int = DEFAULT_BUFFER_LIMIT
+    # typed_extension_protocol_options[...HttpProtocolOptions]
+    idle_timeout: float = DEFAULT_UPSTREAM_IDLE_TIMEOUT  # 0 disables
+    max_requests_per_connection: int = 0  # 0 = unlimited
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Bootstrap:
+    listeners: tuple[Listener, ...] = ()
+    clusters: tuple[Cluster, ...] = ()
+    # Warnings that do not stop the config (e.g. deprecated spellings accepted).
+    warnings: tuple[str, ...] = field(default=(), compare=False)
