@@ -1,0 +1,5 @@
+import sys
+
+from udsproxy.cli import main
+
+sys.exit(main())

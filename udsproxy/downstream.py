@@ -1,0 +1,340 @@
+"""Downstream side: one HTTP/1.1 server connection, the httptools parser's callback target.
+
+Parser callbacks only record what they see into the ``Stream`` being parsed; streams start after
+``feed_data`` returns, so a request that turns out malformed later in the same buffer is never
+forwarded. Pipelined requests queue behind the active one and are answered in order.
+
+Reading is paused through one bit mask (``_block``): each reason sets and clears its own bit, so a
+resume for one reason never undoes a pause for another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from udsproxy import http1
+from udsproxy.streaminfo import Peer
+
+if TYPE_CHECKING:
+    from udsproxy.context import ListenerContext
+    from udsproxy.stream import Stream
+
+__all__ = [
+    "BLOCK_BODY_BUFFER",
+    "BLOCK_PIPELINE",
+    "BLOCK_UPSTREAM_WRITE",
+    "DownstreamConnection",
+]
+
+BLOCK_UPSTREAM_WRITE = 1  # the upstream socket is backed up (slow upload)
+BLOCK_BODY_BUFFER = 2  # request body buffered while the upstream connects
+BLOCK_PIPELINE = 4  # too many pipelined requests queued
+BLOCK_DONE = 8  # no more requests will be read (error, upgrade, closing)
+
+_MAX_PIPELINED = 16
+
+
+class _Reject(Exception):
+    """Raised from a parser callback to stop parsing; the reply is in ``_error``."""
+
+
+class DownstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "_block",
+        "_error",
+        "_header_bytes",
+        "_header_count",
+        "_timer",
+        "_timer_when",
+        "active",
+        "closed",
+        "conn_id",
+        "ctx",
+        "cur",
+        "last_io",
+        "local",
+        "loop",
+        "parser",
+        "peer",
+        "peer_ip",
+        "queue",
+        "transport",
+        "tunnel",
+        "write_paused",
+    )
+
+    def __init__(self, ctx: ListenerContext) -> None:
+        self.ctx = ctx
+        self.loop = ctx.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.cur: Stream | None = None  # being parsed
+        self.active: Stream | None = None  # being proxied
+        self.queue: collections.deque[Stream] = collections.deque()
+        self.tunnel: Stream | None = None  # set once the connection was upgraded
+        self.closed = False
+        self.write_paused = False
+        self.last_io = 0.0
+        self.conn_id = 0
+        self.peer = ctx.local_peer
+        self.peer_ip = b""
+        self.local = ctx.local_peer
+        self._block = 0
+        self._error: http1.LocalReply | None = None
+        self._header_bytes = 0
+        self._header_count = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = transport = cast(asyncio.Transport, transport)
+        ctx = self.ctx
+        self.conn_id = ctx.next_connection_id()
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer = Peer(peer[0], peer[1])
+            self.peer_ip = peer[0].encode()
+            local = transport.get_extra_info("sockname")
+            if isinstance(local, tuple):
+                self.local = Peer(local[0], local[1])
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        limit = ctx.buffer_limit
+        transport.set_write_buffer_limits(high=limit, low=limit // 2)
+        self.last_io = self.loop.time()
+        ctx.connections.add(self)
+        self._arm(self.last_io + ctx.idle_timeout if ctx.idle_timeout else 0.0)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_io = self.loop.time()
+        if self.tunnel is not None:
+            self.tunnel.on_downstream_tunnel_data(data)
+            return
+        if self._block & BLOCK_DONE:
+            return  # after an error or upgrade request nothing more is parsed
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._on_upgrade_request(data[exc.args[0] :])
+        except httptools.HttpParserError:
+            self._on_parse_error()
+        if self.active is None and self.queue:
+            self._start_next()
+
+    def eof_received(self) -> bool:
+        # A half-closed client still gets its pending responses (curl --http1.1 with -T, etc.).
+        if self.active is None and not self.queue:
+            return False
+        self._pause(BLOCK_DONE)
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.ctx.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        active, self.active = self.active, None
+        if active is not None:
+            active.on_downstream_lost()
+        while self.queue:
+            self.queue.popleft().on_downstream_lost()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.active is not None:
+            self.active.on_downstream_write_paused()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.active is not None:
+            self.active.on_downstream_write_resumed()
+
+    # -- httptools callbacks -----------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.cur = self.ctx.new_stream(self)
+        self._header_bytes = 0
+        self._header_count = 0
+
+    def on_url(self, url: bytes) -> None:
+        s = self.cur
+        assert s is not None
+        s.url += url
+        self._header_bytes += len(url)
+        if self._header_bytes > self.ctx.max_header_bytes:
+            self._reject(http1.HEADERS_TOO_LARGE)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        self._header_count += 1
+        if self._header_bytes > self.ctx.max_header_bytes:
+            self._reject(http1.HEADERS_TOO_LARGE)
+        if self._header_count > self.ctx.max_headers_count:
+            self._reject(http1.TOO_MANY_HEADERS)
+        s = self.cur
+        assert s is not None
+        reply = s.add_header(name.lower(), value)
+        if reply is not None:
+            self._reject(reply)
+
+    def on_headers_complete(self) -> None:
+        s = self.cur
+        assert s is not None
+        parser = self.parser
+        reply = s.headers_complete(
+            parser.get_method(),
+            parser.get_http_version(),
+            parser.should_keep_alive(),
+            parser.should_upgrade(),
+        )
+        if reply is not None:
+            self._reject(reply)
+        self.queue.append(s)
+        if len(self.queue) > _MAX_PIPELINED:
+            self._pause(BLOCK_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        s = self.cur
+        assert s is not None
+        s.on_request_body(body)
+
+    def on_message_complete(self) -> None:
+        s = self.cur
+        assert s is not None
+        self.cur = None
+        s.on_request_complete()
+
+    # -- errors and upgrades ---------------------------------------------------------------
+    def _reject(self, reply: http1.LocalReply) -> None:
+        self._error = reply
+        raise _Reject
+
+    def _on_parse_error(self) -> None:
+        """Answer the malformed request in order (after the complete ones before it), then close."""
+        reply = self._error or http1.BAD_REQUEST
+        self._pause(BLOCK_DONE)
+        s = self.cur
+        self.cur = None
+        if s is None:
+            s = self.ctx.new_stream(self)
+        if s is self.active:
+            s.on_request_error(reply)
+            return
+        if s in self.queue:
+            self.queue.remove(s)
+        s.reject(reply)
+        self.queue.append(s)
+
+    def _on_upgrade_request(self, rest: bytes) -> None:
+        # llhttp stops at an Upgrade/CONNECT request; what follows belongs to the tunnel.
+        self._pause(BLOCK_DONE)
+        if self.queue:
+            self.queue[-1].tunnel_early_data(rest)
+
+    # -- used by Stream ----------------------------------------------------------------------
+    def _start_next(self) -> None:
+        s = self.queue.popleft()
+        self.active = s
+        if self._block & BLOCK_PIPELINE and len(self.queue) <= _MAX_PIPELINED // 2:
+            self._resume(BLOCK_PIPELINE)
+        s.start()
+
+    def stream_done(self, s: Stream, close: bool) -> None:
+        if self.active is s:
+            self.active = None
+        if self.closed:
+            return
+        if close:
+            self.close()
+            return
+        if self.queue:
+            self._start_next()
+        elif self._block & BLOCK_DONE:
+            self.close()  # the client half-closed, or parsing stopped: nothing more will come
+        else:
+            self.last_io = self.loop.time()
+            if self.ctx.idle_timeout:
+                self._arm(self.last_io + self.ctx.idle_timeout)
+
+    def start_tunnel(self, s: Stream) -> None:
+        self.tunnel = s
+        self._resume(BLOCK_DONE)
+
+    def write(self, data: bytes | memoryview) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def writelines(self, data: list[bytes]) -> None:
+        assert self.transport is not None
+        self.transport.writelines(data)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _pause(self, bit: int) -> None:
+        if not self._block and self.transport is not None:
+            self.transport.pause_reading()
+        self._block |= bit
+
+    def _resume(self, bit: int) -> None:
+        if self._block & bit:
+            self._block &= ~bit
+            if not self._block and self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
+    def block_reading(self, bit: int, on: bool) -> None:
+        if on:
+            self._pause(bit)
+        else:
+            self._resume(bit)
+
+    # -- timers: one handle per connection, re-armed lazily ------------------------------------
+    def arm(self, when: float) -> None:
+        self._arm(when)
+
+    def _arm(self, when: float) -> None:
+        if when <= 0:
+            return
+        timer = self._timer
+        if timer is not None:
+            if self._timer_when <= when:
+                return  # fires earlier and re-checks then
+            timer.cancel()
+        self._timer_when = when
+        self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        now = self.loop.time()
+        ctx = self.ctx
+        s = self.active or self.tunnel
+        if s is not None:
+            nxt = s.check_timeouts(now)
+            if nxt > 0 and not self.closed:
+                self._arm(nxt)
+            return
+        if self.queue:
+            return
+        if ctx.idle_timeout:
+            deadline = self.last_io + ctx.idle_timeout
+            if deadline <= now:
+                ctx.stats_idle_timeout += 1
+                self.close()
+            else:
+                self._arm(deadline)
+

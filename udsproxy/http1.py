@@ -1,0 +1,154 @@
+"""HTTP/1.1 constants and helpers shared by both sides of the proxy. Pure: no I/O.
+
+Everything here is computed once at import: status lines, header classes and the local-reply
+bodies. The data path only looks things up.
+"""
+
+from __future__ import annotations
+
+import http
+import time
+from email.utils import formatdate
+
+from udsproxy.flags import ResponseFlag
+
+__all__ = [
+    "HOP_BY_HOP",
+    "IDEMPOTENT_METHODS",
+    "REQUEST_SANITIZED",
+    "STATUS_LINES",
+    "BAD_REQUEST",
+    "CONNECTION_TERMINATION",
+    "CONNECT_FAILURE",
+    "HEADERS_TOO_LARGE",
+    "MISSING_HOST",
+    "NO_CLUSTER",
+    "NO_HEALTHY_UPSTREAM",
+    "NO_ROUTE",
+    "STREAM_IDLE_TIMEOUT",
+    "TOO_MANY_HEADERS",
+    "UPGRADE_FAILED",
+    "UPSTREAM_PROTOCOL_ERROR",
+    "UPSTREAM_TIMEOUT",
+    "LocalReply",
+    "date_header",
+    "status_line",
+]
+
+
+def _status_line(code: int) -> bytes:
+    try:
+        phrase = http.HTTPStatus(code).phrase
+    except ValueError:
+        phrase = ""
+    return b"HTTP/1.1 %d %s\r\n" % (code, phrase.encode())
+
+
+STATUS_LINES: dict[int, bytes] = {code: _status_line(code) for code in range(100, 600)}
+
+
+def status_line(code: int) -> bytes:
+    line = STATUS_LINES.get(code)
+    return line if line is not None else b"HTTP/1.1 %d \r\n" % code
+
+
+# Removed in both directions: they describe one hop, not the message (RFC 9110 7.6.1).
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"content-length",  # re-framed by the proxy
+        b"expect",  # the proxy answers 100-continue itself, as Envoy does by default
+    }
+)
+
+# Envoy strips these from requests that arrive from outside (header_sanitizing.rst).
+REQUEST_SANITIZED = frozenset(
+    {
+        b"x-envoy-decorator-operation",
+        b"x-envoy-downstream-service-cluster",
+        b"x-envoy-downstream-service-node",
+        b"x-envoy-expected-rq-timeout-ms",
+        b"x-envoy-external-address",
+        b"x-envoy-force-trace",
+        b"x-envoy-internal",
+        b"x-envoy-ip-tags",
+        b"x-envoy-max-retries",
+        b"x-envoy-original-path",
+        b"x-envoy-retry-grpc-on",
+        b"x-envoy-retry-on",
+        b"x-envoy-upstream-alt-stat-name",
+        b"x-envoy-upstream-rq-per-try-timeout-ms",
+        b"x-envoy-upstream-rq-timeout-alt-response",
+        b"x-envoy-upstream-rq-timeout-ms",
+        b"x-forwarded-client-cert",
+        b"x-forwarded-proto",
+    }
+)
+
+IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+_date_cache: list[object] = [0, b""]
+
+
+def date_header() -> bytes:
+    """``date: ...\\r\\n``, rebuilt at most once a second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = b"date: %s\r\n" % formatdate(now, usegmt=True).encode()
+    value = _date_cache[1]
+    assert isinstance(value, bytes)
+    return value
+
+
+# Envoy's local-reply wording, pinned to Envoy 1.2x-era text (the form most users have in their
+# logs and alerts): "reset reason: connection failure" without the transport-failure suffix.
+_RESET_PREFIX = "upstream connect error or disconnect/reset before headers. reset reason: "
+
+
+class LocalReply:
+    """A reply the proxy generates itself: status, body, flag and %RESPONSE_CODE_DETAILS%."""
+
+    __slots__ = ("body", "code", "details", "flag")
+
+    def __init__(self, code: int, body: str, flag: int, details: str) -> None:
+        self.code = code
+        self.body = body.encode()
+        self.flag = flag
+        self.details = details
+
+
+def _reset(code: int, reason: str, flag: ResponseFlag, detail: str) -> LocalReply:
+    return LocalReply(
+        code, _RESET_PREFIX + reason, flag, f"upstream_reset_before_response_started{{{detail}}}"
+    )
+
+
+def _codec_error(code: int, details: str) -> LocalReply:
+    # Envoy answers codec errors with the status phrase as the body and closes the connection.
+    return LocalReply(code, http.HTTPStatus(code).phrase, ResponseFlag.DPE, details)
+
+
+NO_ROUTE = LocalReply(404, "", ResponseFlag.NR, "route_not_found")
+NO_CLUSTER = LocalReply(503, "", ResponseFlag.NC, "cluster_not_found")
+NO_HEALTHY_UPSTREAM = LocalReply(503, "no healthy upstream", ResponseFlag.UH, "no_healthy_upstream")
+CONNECT_FAILURE = _reset(503, "connection failure", ResponseFlag.UF, "connection_failure")
+CONNECTION_TERMINATION = _reset(
+    503, "connection termination", ResponseFlag.UC, "connection_termination"
+)
+UPSTREAM_PROTOCOL_ERROR = _reset(502, "protocol error", ResponseFlag.UPE, "protocol_error")
+UPSTREAM_TIMEOUT = LocalReply(
+    504, "upstream request timeout", ResponseFlag.UT, "upstream_response_timeout"
+)
+STREAM_IDLE_TIMEOUT = LocalReply(408, "stream timeout", ResponseFlag.SI, "stream_idle_timeout")
+UPGRADE_FAILED = LocalReply(403, "", 0, "upgrade_failed")
+BAD_REQUEST = _codec_error(400, "http1.codec_error")
+MISSING_HOST = _codec_error(400, "missing_host_header")
+HEADERS_TOO_LARGE = _codec_error(431, "http1.headers_too_large")
+TOO_MANY_HEADERS = _codec_error(431, "http1.too_many_headers")

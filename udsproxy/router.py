@@ -1,0 +1,176 @@
+"""Route table compiled once from a RouteConfiguration. Pure: no I/O.
+
+Virtual hosts are searched the way Envoy does: exact domain, then the longest suffix wildcard
+(``*.example.com``), then the longest prefix wildcard (``example.*``), then ``*``. Routes inside a
+virtual host are tried in order; the first match wins. Paths are matched without the query string.
+"""
+
+from __future__ import annotations
+
+import re
+
+from udsproxy.config import schema
+
+__all__ = ["CompiledRoute", "Router"]
+
+_MAX_HOST_CACHE = 1024
+
+
+class CompiledRoute:
+    """Everything the data path needs from a route, precomputed."""
+
+    __slots__ = (
+        "cluster",
+        "expected_timeout_header",
+        "name",
+        "prefix",
+        "prefix_rewrite",
+        "timeout",
+        "upgrade_types",
+        "vhost_name",
+    )
+
+    def __init__(
+        self, route: schema.Route, vhost: str, hcm_upgrades: tuple[schema.UpgradeConfig, ...]
+    ) -> None:
+        action = route.route
+        self.name = route.name or None
+        self.vhost_name = vhost
+        self.cluster = action.cluster
+        self.timeout = action.timeout
+        ms = int(action.timeout * 1000)
+        # Envoy sends the route timeout upstream whenever it is set.
+        self.expected_timeout_header = (
+            b"x-envoy-expected-rq-timeout-ms: %d\r\n" % ms if ms > 0 else b""
+        )
+        self.prefix = route.match.prefix.encode() if route.match.prefix is not None else None
+        self.prefix_rewrite = (
+            action.prefix_rewrite.encode() if action.prefix_rewrite is not None else None
+        )
+        # A route's upgrade_configs override the connection manager's for the same type.
+        enabled = {u.upgrade_type.lower(): u.enabled for u in hcm_upgrades}
+        for u in action.upgrade_configs:
+            enabled[u.upgrade_type.lower()] = u.enabled
+        self.upgrade_types = frozenset(t.encode() for t, on in enabled.items() if on)
+
+    def rewrite(self, path: bytes) -> bytes:
+        """Apply prefix_rewrite; the caller keeps the original for x-envoy-original-path."""
+        if self.prefix_rewrite is None or self.prefix is None:
+            return path
+        return self.prefix_rewrite + path[len(self.prefix) :]
+
+
+class _Matcher:
+    __slots__ = ("case_sensitive", "kind", "regex", "route", "value")
+
+    def __init__(self, route: schema.Route, compiled: CompiledRoute) -> None:
+        m = route.match
+        self.route = compiled
+        self.case_sensitive = m.case_sensitive
+        self.regex: re.Pattern[bytes] | None = None
+        if m.safe_regex is not None:
+            self.kind = 2
+            self.value = b""
+            self.regex = re.compile(m.safe_regex.encode())
+        elif m.path is not None:
+            self.kind = 1
+            self.value = m.path.encode() if m.case_sensitive else m.path.lower().encode()
+        else:
+            self.kind = 0
+            prefix = m.prefix or ""
+            self.value = prefix.encode() if m.case_sensitive else prefix.lower().encode()
+
+    def matches(self, path: bytes) -> bool:
+        if self.kind == 2:
+            assert self.regex is not None
+            return self.regex.fullmatch(path) is not None
+        if not self.case_sensitive:
+            path = path.lower()
+        if self.kind == 0:
+            return path.startswith(self.value)
+        return path == self.value
+
+
+class _VirtualHost:
+    __slots__ = ("matchers", "name")
+
+    def __init__(
+        self, vhost: schema.VirtualHost, hcm_upgrades: tuple[schema.UpgradeConfig, ...]
+    ) -> None:
+        self.name = vhost.name
+        self.matchers = tuple(
+            _Matcher(r, CompiledRoute(r, vhost.name, hcm_upgrades)) for r in vhost.routes
+        )
+
+    def match(self, path: bytes) -> CompiledRoute | None:
+        q = path.find(b"?")
+        if q >= 0:
+            path = path[:q]
+        for m in self.matchers:
+            if m.matches(path):
+                return m.route
+        return None
+
+
+class Router:
+    def __init__(
+        self,
+        config: schema.RouteConfiguration,
+        hcm_upgrades: tuple[schema.UpgradeConfig, ...] = (),
+    ) -> None:
+        self._exact: dict[bytes, _VirtualHost] = {}
+        suffixes: list[tuple[bytes, _VirtualHost]] = []
+        prefixes: list[tuple[bytes, _VirtualHost]] = []
+        self._default: _VirtualHost | None = None
+        for vh in config.virtual_hosts:
+            compiled = _VirtualHost(vh, hcm_upgrades)
+            for domain in vh.domains:
+                d = domain.lower().encode()
+                if d == b"*":
+                    self._default = compiled
+                elif d.startswith(b"*"):
+                    suffixes.append((d[1:], compiled))
+                elif d.endswith(b"*"):
+                    prefixes.append((d[:-1], compiled))
+                else:
+                    self._exact.setdefault(d, compiled)
+        # Longest wildcard wins, as in Envoy.
+        self._suffixes = sorted(suffixes, key=lambda s: -len(s[0]))
+        self._prefixes = sorted(prefixes, key=lambda p: -len(p[0]))
+        self._host_cache: dict[bytes, _VirtualHost | None] = {}
+
+    def _find_vhost(self, host: bytes) -> _VirtualHost | None:
+        vh = self._exact.get(host)
+        if vh is not None:
+            return vh
+        for suffix, vh in self._suffixes:
+            if host.endswith(suffix) and len(host) > len(suffix):
+                return vh
+        for prefix, vh in self._prefixes:
+            if host.startswith(prefix) and len(host) > len(prefix):
+                return vh
+        return None
+
+    def virtual_host(self, authority: bytes) -> _VirtualHost | None:
+        try:
+            return self._host_cache[authority]
+        except KeyError:
+            pass
+        host = authority.lower()
+        vh = self._find_vhost(host)
+        if vh is None:
+            # "example.com:8080" also matches a vhost for "example.com".
+            colon = host.rfind(b":")
+            if colon > 0 and host[colon + 1 :].isdigit() and not host.endswith(b"]"):
+                vh = self._find_vhost(host[:colon])
+        if vh is None:
+            vh = self._default
+        if len(self._host_cache) < _MAX_HOST_CACHE:  # hosts are client-chosen: bound it
+            self._host_cache[authority] = vh
+        return vh
+
+    def match(self, authority: bytes, path: bytes) -> CompiledRoute | None:
+        vh = self.virtual_host(authority)
+        if vh is None:
+            return None
+        return vh.match(path)

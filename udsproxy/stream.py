@@ -1,0 +1,631 @@
+"""One request through the proxy: route, pick a host, send upstream, relay the response, log.
+
+A ``Stream`` is created by the downstream connection's parser and filled header by header.
+Once it becomes the connection's active stream, ``start()`` routes it. Everything after that is
+driven by callbacks from the upstream connection (``on_response_*``) and the downstream
+connection (``on_request_*``, ``on_downstream_*``). ``_finish()`` runs exactly once and is the
+only place observers (access log, stats) are fed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import random
+import time
+from typing import TYPE_CHECKING
+
+import httptools
+
+from udsproxy import http1
+from udsproxy.downstream import BLOCK_BODY_BUFFER, BLOCK_UPSTREAM_WRITE
+from udsproxy.flags import ResponseFlag
+from udsproxy.streaminfo import StreamInfo
+
+if TYPE_CHECKING:
+    from udsproxy.context import ListenerContext
+    from udsproxy.downstream import DownstreamConnection
+    from udsproxy.router import CompiledRoute
+    from udsproxy.upstream import Host, UpstreamConnection
+
+__all__ = ["Stream", "request_id"]
+
+_rng = random.Random(os.urandom(16))
+_CRLF = b"\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def request_id() -> bytes:
+    """A random (version 4) UUID, as Envoy generates for x-request-id."""
+    r = _rng.getrandbits(128)
+    r = (r & ~(0xC000 << 48) | (0x8000 << 48)) & ~(0xF000 << 64) | (0x4000 << 64)
+    h = b"%032x" % r
+    return b"%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
+
+
+# Request headers the parser callback must look at; everything else is forwarded untouched.
+_SPECIAL_REQUEST = (
+    http1.HOP_BY_HOP
+    | http1.REQUEST_SANITIZED
+    | {b"host", b"x-forwarded-for", b"x-request-id", b"expect"}
+)
+
+
+class Stream:
+    __slots__ = (
+        "authority",
+        "body",
+        "body_size",
+        "close_after",
+        "conn",
+        "ctx",
+        "deadline",
+        "done",
+        "error",
+        "expect_continue",
+        "flags",
+        "head",
+        "headers",
+        "host",
+        "http10",
+        "info",
+        "is_head",
+        "keep_alive",
+        "nominated",
+        "path",
+        "req_chunked",
+        "req_cl",
+        "request_complete",
+        "request_id_seen",
+        "response_has_no_body",
+        "response_started",
+        "retain_body",
+        "retried",
+        "reused",
+        "route",
+        "chunked_out",
+        "tunnel_buf",
+        "upgrade",
+        "upstream",
+        "url",
+        "xff",
+    )
+
+    def __init__(self, ctx: ListenerContext, conn: DownstreamConnection) -> None:
+        self.ctx = ctx
+        self.conn = conn
+        info = self.info = StreamInfo(time.time(), time.monotonic())
+        info.connection_id = conn.conn_id
+        info.downstream_remote = info.downstream_direct_remote = conn.peer
+        info.downstream_local = conn.local
+        # request, filled by the parser
+        self.url = b""
+        self.path = b""
+        self.authority: bytes | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.xff: bytes | None = None
+        self.request_id_seen = False
+        self.req_cl = -1
+        self.req_chunked = False
+        self.nominated: list[bytes] | None = None  # headers named in Connection
+        self.upgrade: bytes | None = None
+        self.expect_continue = False
+        self.http10 = False
+        self.keep_alive = True
+        self.is_head = False
+        self.error: http1.LocalReply | None = None
+        self.request_complete = False
+        # request body kept for one retry on a fresh connection, bounded by the buffer limit
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.retain_body = True
+        # proxying state
+        self.route: CompiledRoute | None = None
+        self.host: Host | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.head = b""
+        self.reused = False
+        self.retried = False
+        self.deadline = 0.0
+        self.response_started = False
+        self.response_has_no_body = False
+        self.chunked_out = False
+        self.close_after = False
+        self.tunnel_buf: list[bytes] | None = None
+        self.flags = 0
+        self.done = False
+
+    # -- parsing (called from DownstreamConnection's parser callbacks) ------------------------
+    def add_header(self, name: bytes, value: bytes) -> http1.LocalReply | None:
+        if name not in _SPECIAL_REQUEST:
+            self.headers.append((name, value))
+            return None
+        if name == b"host":
+            if self.authority is not None:
+                return http1.BAD_REQUEST  # duplicate Host (RFC 9112 3.2)
+            self.authority = value
+        elif name == b"content-length":
+            self.req_cl = int(value)  # llhttp rejected anything but one run of digits
+        elif name == b"transfer-encoding":
+            self.req_chunked = True  # llhttp insists chunked is last
+        elif name == b"connection":
+            for token in value.lower().split(b","):
+                token = token.strip()
+                if token not in (b"close", b"keep-alive", b"upgrade", b""):
+                    if self.nominated is None:
+                        self.nominated = []
+                    self.nominated.append(token)
+        elif name == b"upgrade":
+            self.upgrade = value
+        elif name == b"expect":
+            self.expect_continue = value.lower() == b"100-continue"
+        elif name == b"x-forwarded-for":
+            self.xff = value if self.xff is None else self.xff + b", " + value
+        elif name == b"x-request-id":
+            self.request_id_seen = True
+            self.headers.append((name, value))
+        # other hop-by-hop and sanitized headers are dropped
+        return None
+
+    def headers_complete(
+        self, method: bytes, version: str, keep_alive: bool, upgrade: bool
+    ) -> http1.LocalReply | None:
+        info = self.info
+        info.method = method
+        self.is_head = method == b"HEAD"
+        self.http10 = version == "1.0"
+        if self.http10:
+            info.protocol = "HTTP/1.0"
+        self.keep_alive = keep_alive
+        if not upgrade or method == b"CONNECT":
+            if method == b"CONNECT":
+                return http1.BAD_REQUEST  # CONNECT tunnels are not supported
+            self.upgrade = None
+        url = self.url
+        info.path = url
+        if url[:1] == b"/":
+            self.path = url
+        elif url == b"*" and method == b"OPTIONS":
+            self.path = url
+        elif url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
+            # absolute-form: its authority replaces Host (RFC 9112 3.2.2)
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                return http1.BAD_REQUEST
+            if not parsed.host:
+                return http1.BAD_REQUEST
+            self.authority = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+            path = parsed.path or b"/"
+            self.path = path + b"?" + parsed.query if parsed.query else path
+        else:
+            return http1.BAD_REQUEST
+        if self.authority is None:
+            if not self.http10:
+                return http1.MISSING_HOST
+            self.authority = b""
+        info.authority = self.authority
+        if self.nominated:
+            drop = set(self.nominated)
+            self.headers = [h for h in self.headers if h[0] not in drop]
+        return None
+
+    def reject(self, reply: http1.LocalReply) -> None:
+        self.error = reply
+
+    def on_request_body(self, data: bytes) -> None:
+        n = len(data)
+        self.info.bytes_received += n
+        up = self.upstream
+        if self.retain_body:
+            self.body.append(data)
+            self.body_size += n
+            if self.body_size > self.ctx.buffer_limit:
+                if up is None:
+                    # Still connecting: hold the body, but stop reading more of it.
+                    self.conn.block_reading(BLOCK_BODY_BUFFER, True)
+                else:
+                    self.retain_body = False  # too big to replay: no retry for this one
+                    self.body = []
+        if up is not None and up.transport is not None:
+            if self.req_chunked:
+                up.transport.writelines([b"%x\r\n" % n, data, _CRLF])
+            else:
+                up.transport.write(data)
+
+    def on_request_complete(self) -> None:
+        self.request_complete = True
+        info = self.info
+        info.last_downstream_rx_mono = time.monotonic()
+        up = self.upstream
+        if up is not None and up.transport is not None:
+            if self.req_chunked:
+                up.transport.write(_LAST_CHUNK)
+            info.last_upstream_tx_mono = info.last_downstream_rx_mono
+        if self.route is not None and not self.done:
+            self._arm_route_timeout()
+
+    def on_request_error(self, reply: http1.LocalReply) -> None:
+        """The active request turned out malformed mid-body."""
+        self._drop_upstream()
+        if self.response_started:
+            self.flags |= ResponseFlag.DPE
+            self.conn.abort()
+            self._finish(True)
+        else:
+            self._local_reply(reply, close=True)
+
+    def tunnel_early_data(self, data: bytes) -> None:
+        self.tunnel_buf = [data] if data else []
+
+    # -- routing and sending upstream ---------------------------------------------------------
+    def start(self) -> None:
+        if self.error is not None:
+            self._local_reply(self.error, close=True)
+            return
+        ctx = self.ctx
+        assert self.authority is not None
+        route = ctx.router.match(self.authority, self.path)
+        if route is None:
+            self._local_reply(http1.NO_ROUTE)
+            return
+        self.route = route
+        info = self.info
+        info.route_name = route.name
+        if self.upgrade is not None and self.upgrade.lower() not in route.upgrade_types:
+            self._local_reply(http1.UPGRADE_FAILED, close=True)
+            return
+        cluster = ctx.clusters.get(route.cluster)
+        if cluster is None:
+            self._local_reply(http1.NO_CLUSTER)
+            return
+        info.upstream_cluster = cluster.name
+        host = cluster.pick()
+        if host is None:
+            self._local_reply(http1.NO_HEALTHY_UPSTREAM)
+            return
+        self.host = host
+        info.upstream_host = host.text
+        self.head = self._build_head(route)
+        if self.expect_continue and not self.request_complete:
+            self.conn.write(_CONTINUE)
+        up = host.acquire()
+        if up is not None:
+            self._send(up)
+        else:
+            self.ctx.loop.create_task(self._connect())
+        if self.request_complete:
+            self._arm_route_timeout()
+
+    def _build_head(self, route: CompiledRoute) -> bytes:
+        ctx = self.ctx
+        headers = self.headers
+        path = self.path
+        if route.prefix_rewrite is not None:
+            new_path = route.rewrite(path)
+            if new_path != path:
+                headers.append((b"x-envoy-original-path", path))
+                path = new_path
+        if ctx.use_remote_address:
+            ip = self.conn.peer_ip
+            headers.append((b"x-forwarded-for", self.xff + b", " + ip if self.xff else ip))
+        elif self.xff is not None:
+            headers.append((b"x-forwarded-for", self.xff))
+        headers.append((b"x-forwarded-proto", b"http"))
+        if not self.request_id_seen:
+            headers.append((b"x-request-id", request_id()))
+        self.info.request_headers = headers
+        parts = [self.info.method, b" ", path, b" HTTP/1.1\r\nhost: ", self.authority or b"", _CRLF]
+        for name, value in headers:
+            parts += (name, b": ", value, _CRLF)
+        parts.append(route.expected_timeout_header)
+        if self.req_chunked:
+            parts.append(b"transfer-encoding: chunked\r\n")
+        elif self.req_cl >= 0:
+            parts.append(b"content-length: %d\r\n" % self.req_cl)
+        if self.upgrade is not None:
+            parts += (b"connection: upgrade\r\nupgrade: ", self.upgrade, _CRLF)
+        parts.append(_CRLF)
+        return b"".join(parts)
+
+    async def _connect(self) -> None:
+        host = self.host
+        assert host is not None
+        try:
+            up = await host.connect()
+        except (OSError, asyncio.TimeoutError) as exc:
+            self._on_connect_failed(exc)
+            return
+        if self.done or self.upstream is not None:
+            host.release(up)  # the client left meanwhile: keep the connection for the next one
+            return
+        self._send(up)
+
+    def _on_connect_failed(self, exc: BaseException) -> None:
+        if self.done:
+            return
+        if isinstance(exc, OSError) and exc.errno is not None:
+            name = errno.errorcode.get(exc.errno, str(exc.errno))
+            reason = f"immediate connect error: {os.strerror(exc.errno)} ({name})"
+        else:
+            reason = "connection timeout"
+        self.info.upstream_transport_failure_reason = reason
+        self.ctx.stats_connect_fail += 1
+        self._local_reply(http1.CONNECT_FAILURE)
+
+    def _send(self, up: UpstreamConnection) -> None:
+        self.upstream = up
+        self.reused = up.requests > 0
+        self.info.attempt_count += 1
+        data = [self.head]
+        if self.body:
+            if self.req_chunked:
+                for chunk in self.body:
+                    data += (b"%x\r\n" % len(chunk), chunk, _CRLF)
+            else:
+                data += self.body
+        if not self.retain_body or self.body_size > self.ctx.buffer_limit:
+            self.retain_body = False
+            self.body = []
+        if self.request_complete:
+            if self.req_chunked:
+                data.append(_LAST_CHUNK)
+            self.info.last_upstream_tx_mono = time.monotonic()
+        up.send(self, data)
+        self.conn.block_reading(BLOCK_BODY_BUFFER, False)
+        if self.conn.write_paused and up.transport is not None:
+            up.transport.pause_reading()
+
+    def _arm_route_timeout(self) -> None:
+        route = self.route
+        if route is not None and route.timeout > 0 and self.upgrade is None:
+            self.deadline = self.ctx.loop.time() + route.timeout
+            self.conn.arm(self.deadline)
+
+    # -- the response (called by UpstreamConnection) -----------------------------------------
+    def on_response_interim(self, up: UpstreamConnection) -> None:
+        status = up.resp_status
+        if status == 100:
+            return  # the proxy already answered Expect itself
+        parts = [http1.status_line(status)]
+        for name, value in up.resp_headers:
+            parts += (name, b": ", value, _CRLF)
+        parts.append(_CRLF)
+        self.conn.write(b"".join(parts))
+
+    def on_response_headers(self, up: UpstreamConnection) -> None:
+        info = self.info
+        now = time.monotonic()
+        info.first_upstream_rx_mono = now
+        code = up.resp_status
+        info.response_code = code
+        info.response_code_details = "via_upstream"
+        headers = up.resp_headers
+        ctx = self.ctx
+        parts = [http1.status_line(code)]
+        for name, value in headers:
+            parts += (name, b": ", value, _CRLF)
+        parts.append(ctx.server_header)
+        headers.append(ctx.server_header_tuple)
+        if self.request_complete and info.last_downstream_rx_mono is not None:
+            ust = b"%d" % ((now - info.last_downstream_rx_mono) * 1000)
+            parts += (b"x-envoy-upstream-service-time: ", ust, _CRLF)
+            headers.append((b"x-envoy-upstream-service-time", ust))
+        info.response_headers = headers
+        if code == 101 and self.upgrade is not None:
+            self.response_has_no_body = True
+            parts += (b"connection: upgrade\r\nupgrade: ", self.upgrade, _CRLF, _CRLF)
+            self.response_started = True
+            self.conn.write(b"".join(parts))
+            return
+        if self.upgrade is not None:
+            self.close_after = True  # the parser stopped at the upgrade request
+        no_body = self.is_head or code == 204 or code == 304
+        self.response_has_no_body = no_body
+        if up.content_length >= 0:
+            if code != 204:
+                parts.append(b"content-length: %d\r\n" % up.content_length)
+        elif no_body:
+            pass
+        elif self.http10:
+            self.close_after = True  # close-delimited for HTTP/1.0 clients
+        else:
+            self.chunked_out = True
+            parts.append(b"transfer-encoding: chunked\r\n")
+        if self.close_after or not self.keep_alive or not self.request_complete or ctx.draining:
+            self.close_after = True
+            parts.append(b"connection: close\r\n")
+        elif self.http10:
+            parts.append(b"connection: keep-alive\r\n")
+        parts.append(_CRLF)
+        self.response_started = True
+        self.conn.write(b"".join(parts))
+
+    def on_response_body(self, data: bytes | memoryview) -> None:
+        n = len(data)
+        self.info.bytes_sent += n
+        conn = self.conn
+        conn.last_io = self.ctx.loop.time()
+        if self.chunked_out:
+            conn.writelines([b"%x\r\n" % n, data, _CRLF])  # type: ignore[list-item]
+        else:
+            conn.write(data)
+
+    def on_response_complete(self, up: UpstreamConnection) -> None:
+        if self.chunked_out:
+            self.conn.write(_LAST_CHUNK)
+        self.upstream = None
+        host = self.host
+        assert host is not None
+        if self.request_complete:
+            host.release(up)
+        else:
+            up.close()  # the request body was not all sent: the connection is out of sync
+        self._finish(self.close_after)
+
+    def on_response_upgrade(self, up: UpstreamConnection, rest: bytes) -> None:
+        if up.resp_status != 101 or self.upgrade is None:
+            self.on_upstream_protocol_error(up)
+            return
+        self.deadline = 0.0
+        self.conn.start_tunnel(self)
+        assert up.transport is not None
+        if self.tunnel_buf:
+            up.transport.writelines(self.tunnel_buf)
+        self.tunnel_buf = None
+        if rest:
+            self.on_tunnel_data(rest)
+
+    def on_tunnel_data(self, data: bytes) -> None:
+        self.info.bytes_sent += len(data)
+        self.conn.write(data)
+
+    def on_downstream_tunnel_data(self, data: bytes) -> None:
+        self.info.bytes_received += len(data)
+        up = self.upstream
+        if up is not None and up.transport is not None:
+            up.transport.write(data)
+
+    # -- failures ------------------------------------------------------------------------------
+    def on_upstream_protocol_error(self, up: UpstreamConnection) -> None:
+        up.abort()
+        self.upstream = None
+        if self.done:
+            return
+        if self.response_started:
+            self.flags |= ResponseFlag.UPE
+            self.conn.abort()
+            self._finish(True)
+        else:
+            self._local_reply(http1.UPSTREAM_PROTOCOL_ERROR)
+
+    def on_upstream_lost(self, up: UpstreamConnection) -> None:
+        self.upstream = None
+        if self.done:
+            return
+        if up.upgraded:
+            self._finish(True)  # tunnel over: close after what is buffered has been written
+            return
+        if self.response_started:
+            if up.in_body and up.content_length < 0 and not up.resp_chunked:
+                # A close-delimited body ends with the connection.
+                if self.chunked_out:
+                    self.conn.write(_LAST_CHUNK)
+                self._finish(self.close_after)
+                return
+            self.flags |= ResponseFlag.UC
+            self.conn.abort()
+            self._finish(True)
+            return
+        if (
+            self.reused
+            and not self.retried
+            and up.resp_status == 0
+            and self.retain_body
+            and self.info.method in http1.IDEMPOTENT_METHODS
+        ):
+            # The pool's own stale connection: retry once on a fresh one, unseen by the client.
+            self.retried = True
+            self.ctx.loop.create_task(self._connect())
+            return
+        self._local_reply(http1.CONNECTION_TERMINATION)
+
+    def check_timeouts(self, now: float) -> float:
+        """Called by the connection's timer; returns the next deadline to wake for (0: none)."""
+        if self.deadline and now >= self.deadline:
+            self.ctx.stats_timeout += 1
+            self._timeout(http1.UPSTREAM_TIMEOUT)
+            return 0.0
+        idle = self.ctx.stream_idle_timeout
+        nxt = self.deadline
+        if idle:
+            idle_at = self.conn.last_io + idle
+            if idle_at <= now:
+                self._timeout(http1.STREAM_IDLE_TIMEOUT)
+                return 0.0
+            if not nxt or idle_at < nxt:
+                nxt = idle_at
+        return nxt
+
+    def _timeout(self, reply: http1.LocalReply) -> None:
+        self._drop_upstream()
+        if self.response_started:
+            self.flags |= reply.flag
+            self.conn.abort()
+            self._finish(True)
+        else:
+            self._local_reply(reply, close=not self.request_complete)
+
+    def on_downstream_lost(self) -> None:
+        if self.done:
+            return
+        self.flags |= ResponseFlag.DC
+        self._drop_upstream()
+        self._finish(True)
+
+    def on_downstream_write_paused(self) -> None:
+        up = self.upstream
+        if up is not None and up.transport is not None:
+            up.transport.pause_reading()
+
+    def on_downstream_write_resumed(self) -> None:
+        up = self.upstream
+        if up is not None and up.transport is not None and not up.closed:
+            up.transport.resume_reading()
+
+    def on_upstream_write_paused(self) -> None:
+        self.conn.block_reading(BLOCK_UPSTREAM_WRITE, True)
+
+    def on_upstream_write_resumed(self) -> None:
+        self.conn.block_reading(BLOCK_UPSTREAM_WRITE, False)
+
+    def _drop_upstream(self) -> None:
+        up = self.upstream
+        if up is not None:
+            self.upstream = None
+            if self.upgrade is not None and up.upgraded:
+                up.close()
+            else:
+                up.abort()  # mid-request: never reusable
+
+    # -- endings ---------------------------------------------------------------------------------
+    def _local_reply(self, reply: http1.LocalReply, close: bool = False) -> None:
+        info = self.info
+        info.response_code = reply.code
+        info.response_code_details = reply.details
+        self.flags |= reply.flag
+        body = reply.body
+        close = close or not self.keep_alive or not self.request_complete or self.ctx.draining
+        length = b"%d" % len(body)
+        headers = [(b"content-length", length)]
+        parts = [http1.status_line(reply.code), b"content-length: ", length, _CRLF]
+        if body:
+            parts.append(b"content-type: text/plain\r\n")
+            headers.append((b"content-type", b"text/plain"))
+        parts.append(http1.date_header())
+        parts.append(self.ctx.server_header)
+        headers.append(self.ctx.server_header_tuple)
+        if close:
+            parts.append(b"connection: close\r\n")
+        elif self.http10:
+            parts.append(b"connection: keep-alive\r\n")
+        parts.append(_CRLF)
+        if body and not self.is_head:
+            parts.append(body)
+            info.bytes_sent = len(body)
+        info.response_headers = headers
+        self.response_started = True
+        self.conn.write(b"".join(parts))
+        self._finish(close)
+
+    def _finish(self, close: bool) -> None:
+        if self.done:
+            return
+        self.done = True
+        info = self.info
+        info.end_mono = time.monotonic()
+        info.response_flags |= self.flags
+        self.ctx.observe(info)
+        self.conn.stream_done(self, close)

@@ -1,0 +1,360 @@
+"""Upstream side: the HTTP/1.1 connection to an endpoint, its keep-alive pool, and the cluster.
+
+One ``UpstreamConnection`` serves one request at a time (no upstream pipelining, as in Envoy).
+Idle connections sit in a per-host LIFO stack so hot connections stay hot and the cold ones age
+out at the bottom. An idle connection keeps reading, so an upstream close or stray bytes evict it
+at once instead of failing the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from udsproxy.config import schema
+
+if TYPE_CHECKING:
+    from udsproxy.stream import Stream
+
+__all__ = ["Cluster", "Host", "UpstreamConnection"]
+
+# Response headers that never cross the proxy (hop-by-hop) or that it re-frames itself.
+_DROP_RESPONSE = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"content-length",
+        b"server",
+    }
+)
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """An HTTP/1.1 client connection. It parses responses and hands them to its ``stream``."""
+
+    __slots__ = (
+        "body_remaining",
+        "closed",
+        "content_length",
+        "host",
+        "idle_since",
+        "in_body",
+        "keep_alive",
+        "message_done",
+        "parser",
+        "requests",
+        "resp_chunked",
+        "resp_headers",
+        "resp_status",
+        "stray_body",
+        "stream",
+        "transport",
+        "upgraded",
+    )
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.transport: asyncio.Transport | None = None
+        self.stream: Stream | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.requests = 0  # requests sent on this connection (for reuse and max_requests)
+        self.closed = False
+        self.idle_since = 0.0
+        self.upgraded = False
+        self._reset_response()
+        self.message_done = True  # a fresh connection is as reusable as a finished one
+
+    def _reset_response(self) -> None:
+        self.resp_headers: list[tuple[bytes, bytes]] = []
+        self.resp_status = 0
+        self.content_length = -1
+        self.resp_chunked = False
+        self.keep_alive = True
+        self.in_body = False  # final response headers seen, body may follow
+        self.message_done = False
+        self.stray_body = False
+        self.body_remaining = -1  # >0: the body is relayed without the parser (see data_received)
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = transport = cast(asyncio.Transport, transport)
+        limit = self.host.cluster.buffer_limit
+        transport.set_write_buffer_limits(high=limit, low=limit // 2)
+
+    def data_received(self, data: bytes) -> None:
+        stream = self.stream
+        if stream is None:
+            # Bytes on an idle connection: the upstream broke framing; never reuse it.
+            self.close()
+            return
+        if self.upgraded:
+            stream.on_tunnel_data(data)
+            return
+        remaining = self.body_remaining
+        if remaining > 0:
+            # Content-Length body after the headers: relay the bytes as they are, no parsing.
+            n = len(data)
+            if n < remaining:
+                self.body_remaining = remaining - n
+                stream.on_response_body(data)
+                return
+            self.body_remaining = -1
+            if n > remaining:
+                stream.on_response_body(memoryview(data)[:remaining])
+                self.keep_alive = False  # bytes after the response: not reusable
+            else:
+                stream.on_response_body(data)
+            # The parser is mid-body; a fresh one reads the next response.
+            self.parser = httptools.HttpResponseParser(self)
+            self.message_done = True
+            stream.on_response_complete(self)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.upgraded = True
+            stream.on_response_upgrade(self, data[exc.args[0] :])
+            return
+        except httptools.HttpParserError:
+            stream.on_upstream_protocol_error(self)
+            return
+        if self.stray_body:
+            stream.on_upstream_protocol_error(self)
+        elif self.message_done:
+            stream.on_response_complete(self)
+        elif self.in_body and stream.response_has_no_body:
+            # HEAD (or similar): httptools cannot be told there is no body, so end it here.
+            self.parser = httptools.HttpResponseParser(self)
+            self.message_done = True
+            stream.on_response_complete(self)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        stream = self.stream
+        if stream is not None:
+            self.stream = None
+            stream.on_upstream_lost(self)
+        else:
+            self.host.forget(self)
+
+    def pause_writing(self) -> None:
+        if self.stream is not None:
+            self.stream.on_upstream_write_paused()
+
+    def resume_writing(self) -> None:
+        if self.stream is not None:
+            self.stream.on_upstream_write_resumed()
+
+    # -- httptools callbacks: record and relay; completion is handled after feed_data ---------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name in _DROP_RESPONSE:
+            if name == b"content-length":
+                self.content_length = int(value)  # llhttp already checked digits/duplicates
+            elif name == b"transfer-encoding":
+                self.resp_chunked = True
+            elif name == b"connection" and b"close" in value.lower():
+                self.keep_alive = False
+            return
+        self.resp_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        self.resp_status = status
+        stream = self.stream
+        assert stream is not None
+        if status < 200 and status != 101:
+            stream.on_response_interim(self)
+            self.resp_headers = []
+            return
+        if not self.parser.should_keep_alive():
+            self.keep_alive = False
+        self.in_body = True
+        stream.on_response_headers(self)
+        if self.content_length > 0 and not stream.response_has_no_body:
+            self.body_remaining = self.content_length
+
+    def on_body(self, body: bytes) -> None:
+        stream = self.stream
+        if stream is None or stream.response_has_no_body:
+            self.stray_body = True
+            return
+        if self.body_remaining > 0:
+            self.body_remaining -= len(body)
+        stream.on_response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.in_body:
+            self.message_done = True
+            self.body_remaining = -1
+
+    # -- used by Stream / Host ----------------------------------------------------------------
+    def send(self, stream: Stream, data: list[bytes]) -> None:
+        assert self.transport is not None
+        self.stream = stream
+        self.requests += 1
+        self._reset_response()
+        self.transport.writelines(data)
+
+    @property
+    def reusable(self) -> bool:
+        max_rq = self.host.cluster.max_requests_per_connection
+        return (
+            self.message_done
+            and self.keep_alive
+            and not self.closed
+            and not self.upgraded
+            and not (max_rq and self.requests >= max_rq)
+        )
+
+    def close(self) -> None:
+        self.stream = None
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+        self.host.forget(self)
+
+    def abort(self) -> None:
+        self.stream = None
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+        self.host.forget(self)
+
+
+class Host:
+    """One endpoint of a cluster with its pool of idle keep-alive connections."""
+
+    __slots__ = ("_timer", "address", "cluster", "idle", "loop", "text")
+
+    def __init__(self, cluster: Cluster, address: schema.Address) -> None:
+        self.cluster = cluster
+        self.loop = cluster.loop
+        self.address = address
+        self.text = str(address)  # %UPSTREAM_HOST%: a pipe renders as its path
+        self.idle: collections.deque[UpstreamConnection] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def acquire(self) -> UpstreamConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()  # most recently used first
+            if not conn.closed:
+                return conn
+        return None
+
+    def release(self, conn: UpstreamConnection) -> None:
+        conn.stream = None
+        if not conn.reusable:
+            conn.close()
+            return
+        if conn.transport is not None and conn.transport.is_reading() is False:
+            conn.transport.resume_reading()  # a paused read must not follow it into the pool
+        conn.idle_since = self.loop.time()
+        self.idle.append(conn)
+        if self._timer is None and self.cluster.idle_timeout > 0:
+            self._timer = self.loop.call_at(
+                conn.idle_since + self.cluster.idle_timeout, self._expire_idle
+            )
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        """Called once per connection when it closes (idle or busy)."""
+        if conn.host is self and conn in self.idle:
+            self.idle.remove(conn)
+
+    def _expire_idle(self) -> None:
+        self._timer = None
+        deadline = self.loop.time() - self.cluster.idle_timeout
+        idle = self.idle
+        while idle and idle[0].idle_since <= deadline:
+            idle.popleft().close()
+        if idle:
+            self._timer = self.loop.call_at(
+                idle[0].idle_since + self.cluster.idle_timeout, self._expire_idle
+            )
+
+    async def connect(self) -> UpstreamConnection:
+        """Open a new connection. UDS errors (ENOENT, ECONNREFUSED, EAGAIN) raise at once."""
+        conn = UpstreamConnection(self)
+        address = self.address
+        if isinstance(address, schema.Pipe):
+            # Connect ourselves: uvloop cannot connect to abstract names, and a non-blocking
+            # AF_UNIX connect either completes or fails immediately (EAGAIN = backlog full).
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.setblocking(False)
+                sock.connect(address.sockaddr)
+            except BaseException:
+                sock.close()
+                raise
+            await self.loop.create_unix_connection(lambda: conn, sock=sock)
+        else:
+            await asyncio.wait_for(
+                self.loop.create_connection(
+                    lambda: conn, address.address, address.port_value, happy_eyeballs_delay=None
+                ),
+                self.cluster.connect_timeout or None,
+            )
+            sock_obj = conn.transport.get_extra_info("socket") if conn.transport else None
+            if sock_obj is not None:
+                sock_obj.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn
+
+    def close_idle(self) -> None:
+        while self.idle:
+            self.idle.pop().close()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class Cluster:
+    """A named set of hosts, picked round robin."""
+
+    __slots__ = (
+        "_rr",
+        "buffer_limit",
+        "connect_timeout",
+        "hosts",
+        "idle_timeout",
+        "loop",
+        "max_requests_per_connection",
+        "name",
+    )
+
+    def __init__(self, config: schema.Cluster, loop: asyncio.AbstractEventLoop) -> None:
+        self.name = config.name
+        self.loop = loop
+        self.connect_timeout = config.connect_timeout
+        self.idle_timeout = config.idle_timeout
+        self.max_requests_per_connection = config.max_requests_per_connection
+        self.buffer_limit = config.per_connection_buffer_limit_bytes
+        self.hosts = tuple(Host(self, ep.address) for ep in config.endpoints)
+        self._rr = 0
+
+    def pick(self) -> Host | None:
+        hosts = self.hosts
+        if not hosts:
+            return None
+        i = self._rr
+        self._rr = i + 1 if i + 1 < len(hosts) else 0
+        return hosts[i]
+
+    def close(self) -> None:
+        for host in self.hosts:
+            host.close_idle()
+
