@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from udsproxy import http1
+from udsproxy.http1 import SPECIAL_REQUEST_HEADERS
 from udsproxy.streaminfo import Peer
 
 if TYPE_CHECKING:
@@ -54,11 +55,13 @@ class DownstreamConnection(asyncio.Protocol):
         "active",
         "closed",
         "conn_id",
+        "corked",
         "ctx",
         "cur",
         "last_io",
         "local",
         "loop",
+        "out",
         "parser",
         "peer",
         "peer_ip",
@@ -78,6 +81,8 @@ class DownstreamConnection(asyncio.Protocol):
         self.queue: collections.deque[Stream] = collections.deque()
         self.tunnel: Stream | None = None  # set once the connection was upgraded
         self.closed = False
+        self.corked = False  # while set, writes collect in ``out`` and leave in one syscall
+        self.out: list[bytes | memoryview] = []
         self.write_paused = False
         self.last_io = 0.0
         self.conn_id = 0
@@ -181,7 +186,11 @@ class DownstreamConnection(asyncio.Protocol):
             self._reject(http1.TOO_MANY_HEADERS)
         s = self.cur
         assert s is not None
-        reply = s.add_header(name.lower(), value)
+        name = name.lower()
+        if name not in SPECIAL_REQUEST_HEADERS:
+            s.headers.append((name, value))
+            return
+        reply = s.add_header(name, value)
         if reply is not None:
             self._reject(reply)
 
@@ -269,15 +278,31 @@ class DownstreamConnection(asyncio.Protocol):
         self._resume(BLOCK_DONE)
 
     def write(self, data: bytes | memoryview) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
+        if self.corked:
+            self.out.append(data)
+        else:
+            assert self.transport is not None
+            self.transport.write(data)
 
-    def writelines(self, data: list[bytes]) -> None:
-        assert self.transport is not None
-        self.transport.writelines(data)
+    def cork(self) -> None:
+        self.corked = True
+
+    def uncork(self) -> None:
+        self.corked = False
+        out = self.out
+        if out:
+            self.out = []
+            assert self.transport is not None
+            if len(out) == 1:
+                self.transport.write(out[0])
+            else:
+                self.transport.writelines(out)
 
     def close(self) -> None:
+        """Close after everything written so far has been sent."""
         if self.transport is not None and not self.transport.is_closing():
+            if self.out:
+                self.uncork()
             self.transport.close()
 
     def abort(self) -> None:
@@ -337,4 +362,3 @@ class DownstreamConnection(asyncio.Protocol):
                 self.close()
             else:
                 self._arm(deadline)
-

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["FLAG_LONG_NAMES", "FLAG_SHORT_NAMES", "ResponseFlag", "render_flags", "render_flags_long"]
+__all__ = [
+    "FLAG_LONG_NAMES",
+    "FLAG_SHORT_NAMES",
+    "ResponseFlag",
+    "render_flags",
+    "render_flags_long",
+]
 
 
 class ResponseFlag(enum.IntFlag):

@@ -13,18 +13,19 @@ from email.utils import formatdate
 from udsproxy.flags import ResponseFlag
 
 __all__ = [
-    "HOP_BY_HOP",
-    "IDEMPOTENT_METHODS",
-    "REQUEST_SANITIZED",
-    "STATUS_LINES",
     "BAD_REQUEST",
     "CONNECTION_TERMINATION",
     "CONNECT_FAILURE",
     "HEADERS_TOO_LARGE",
+    "HOP_BY_HOP",
+    "IDEMPOTENT_METHODS",
     "MISSING_HOST",
     "NO_CLUSTER",
     "NO_HEALTHY_UPSTREAM",
     "NO_ROUTE",
+    "REQUEST_SANITIZED",
+    "SPECIAL_REQUEST_HEADERS",
+    "STATUS_LINES",
     "STREAM_IDLE_TIMEOUT",
     "TOO_MANY_HEADERS",
     "UPGRADE_FAILED",
@@ -89,6 +90,11 @@ REQUEST_SANITIZED = frozenset(
         b"x-forwarded-client-cert",
         b"x-forwarded-proto",
     }
+)
+
+# Request headers the parser must look at; every other header is forwarded untouched.
+SPECIAL_REQUEST_HEADERS = (
+    HOP_BY_HOP | REQUEST_SANITIZED | {b"host", b"x-forwarded-for", b"x-request-id", b"expect"}
 )
 
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})

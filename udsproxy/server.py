@@ -9,6 +9,7 @@ stop it gracefully.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import logging
@@ -166,7 +167,5 @@ def _bind_unix(address: schema.Pipe) -> socket.socket:
 
 
 def _unlink_quietly(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass

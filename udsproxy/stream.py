@@ -9,7 +9,6 @@ only place observers (access log, stats) are fed.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import random
@@ -45,19 +44,14 @@ def request_id() -> bytes:
     return b"%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
 
 
-# Request headers the parser callback must look at; everything else is forwarded untouched.
-_SPECIAL_REQUEST = (
-    http1.HOP_BY_HOP
-    | http1.REQUEST_SANITIZED
-    | {b"host", b"x-forwarded-for", b"x-request-id", b"expect"}
-)
+class Stream(StreamInfo):
+    """A request in flight. It is its own ``StreamInfo``: one object per request, not two."""
 
-
-class Stream:
     __slots__ = (
         "authority",
         "body",
         "body_size",
+        "chunked_out",
         "close_after",
         "conn",
         "ctx",
@@ -65,12 +59,10 @@ class Stream:
         "done",
         "error",
         "expect_continue",
-        "flags",
         "head",
         "headers",
         "host",
         "http10",
-        "info",
         "is_head",
         "keep_alive",
         "nominated",
@@ -85,7 +77,6 @@ class Stream:
         "retried",
         "reused",
         "route",
-        "chunked_out",
         "tunnel_buf",
         "upgrade",
         "upstream",
@@ -94,12 +85,12 @@ class Stream:
     )
 
     def __init__(self, ctx: ListenerContext, conn: DownstreamConnection) -> None:
+        StreamInfo.__init__(self, time.time(), time.monotonic())
         self.ctx = ctx
         self.conn = conn
-        info = self.info = StreamInfo(time.time(), time.monotonic())
-        info.connection_id = conn.conn_id
-        info.downstream_remote = info.downstream_direct_remote = conn.peer
-        info.downstream_local = conn.local
+        self.connection_id = conn.conn_id
+        self.downstream_remote = self.downstream_direct_remote = conn.peer
+        self.downstream_local = conn.local
         # request, filled by the parser
         self.url = b""
         self.path = b""
@@ -134,14 +125,11 @@ class Stream:
         self.chunked_out = False
         self.close_after = False
         self.tunnel_buf: list[bytes] | None = None
-        self.flags = 0
         self.done = False
 
     # -- parsing (called from DownstreamConnection's parser callbacks) ------------------------
     def add_header(self, name: bytes, value: bytes) -> http1.LocalReply | None:
-        if name not in _SPECIAL_REQUEST:
-            self.headers.append((name, value))
-            return None
+        """A header the codec flagged as special (http1.SPECIAL_REQUEST_HEADERS)."""
         if name == b"host":
             if self.authority is not None:
                 return http1.BAD_REQUEST  # duplicate Host (RFC 9112 3.2)
@@ -172,22 +160,19 @@ class Stream:
     def headers_complete(
         self, method: bytes, version: str, keep_alive: bool, upgrade: bool
     ) -> http1.LocalReply | None:
-        info = self.info
-        info.method = method
+        self.method = method
         self.is_head = method == b"HEAD"
         self.http10 = version == "1.0"
         if self.http10:
-            info.protocol = "HTTP/1.0"
+            self.protocol = "HTTP/1.0"
         self.keep_alive = keep_alive
         if not upgrade or method == b"CONNECT":
             if method == b"CONNECT":
                 return http1.BAD_REQUEST  # CONNECT tunnels are not supported
             self.upgrade = None
         url = self.url
-        info.path = url
-        if url[:1] == b"/":
-            self.path = url
-        elif url == b"*" and method == b"OPTIONS":
+        self.path = url
+        if url[:1] == b"/" or (url == b"*" and method == b"OPTIONS"):
             self.path = url
         elif url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
             # absolute-form: its authority replaces Host (RFC 9112 3.2.2)
@@ -206,7 +191,7 @@ class Stream:
             if not self.http10:
                 return http1.MISSING_HOST
             self.authority = b""
-        info.authority = self.authority
+        self.authority = self.authority
         if self.nominated:
             drop = set(self.nominated)
             self.headers = [h for h in self.headers if h[0] not in drop]
@@ -217,7 +202,7 @@ class Stream:
 
     def on_request_body(self, data: bytes) -> None:
         n = len(data)
-        self.info.bytes_received += n
+        self.bytes_received += n
         up = self.upstream
         if self.retain_body:
             self.body.append(data)
@@ -237,13 +222,12 @@ class Stream:
 
     def on_request_complete(self) -> None:
         self.request_complete = True
-        info = self.info
-        info.last_downstream_rx_mono = time.monotonic()
+        self.last_downstream_rx_mono = time.monotonic()
         up = self.upstream
         if up is not None and up.transport is not None:
             if self.req_chunked:
                 up.transport.write(_LAST_CHUNK)
-            info.last_upstream_tx_mono = info.last_downstream_rx_mono
+            self.last_upstream_tx_mono = self.last_downstream_rx_mono
         if self.route is not None and not self.done:
             self._arm_route_timeout()
 
@@ -251,7 +235,7 @@ class Stream:
         """The active request turned out malformed mid-body."""
         self._drop_upstream()
         if self.response_started:
-            self.flags |= ResponseFlag.DPE
+            self.response_flags |= ResponseFlag.DPE
             self.conn.abort()
             self._finish(True)
         else:
@@ -272,8 +256,7 @@ class Stream:
             self._local_reply(http1.NO_ROUTE)
             return
         self.route = route
-        info = self.info
-        info.route_name = route.name
+        self.route_name = route.name
         if self.upgrade is not None and self.upgrade.lower() not in route.upgrade_types:
             self._local_reply(http1.UPGRADE_FAILED, close=True)
             return
@@ -281,13 +264,13 @@ class Stream:
         if cluster is None:
             self._local_reply(http1.NO_CLUSTER)
             return
-        info.upstream_cluster = cluster.name
+        self.upstream_cluster = cluster.name
         host = cluster.pick()
         if host is None:
             self._local_reply(http1.NO_HEALTHY_UPSTREAM)
             return
         self.host = host
-        info.upstream_host = host.text
+        self.upstream_host = host.text
         self.head = self._build_head(route)
         if self.expect_continue and not self.request_complete:
             self.conn.write(_CONTINUE)
@@ -316,8 +299,8 @@ class Stream:
         headers.append((b"x-forwarded-proto", b"http"))
         if not self.request_id_seen:
             headers.append((b"x-request-id", request_id()))
-        self.info.request_headers = headers
-        parts = [self.info.method, b" ", path, b" HTTP/1.1\r\nhost: ", self.authority or b"", _CRLF]
+        self.request_headers = headers
+        parts = [self.method, b" ", path, b" HTTP/1.1\r\nhost: ", self.authority or b"", _CRLF]
         for name, value in headers:
             parts += (name, b": ", value, _CRLF)
         parts.append(route.expected_timeout_header)
@@ -335,7 +318,7 @@ class Stream:
         assert host is not None
         try:
             up = await host.connect()
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             self._on_connect_failed(exc)
             return
         if self.done or self.upstream is not None:
@@ -351,14 +334,14 @@ class Stream:
             reason = f"immediate connect error: {os.strerror(exc.errno)} ({name})"
         else:
             reason = "connection timeout"
-        self.info.upstream_transport_failure_reason = reason
+        self.upstream_transport_failure_reason = reason
         self.ctx.stats_connect_fail += 1
         self._local_reply(http1.CONNECT_FAILURE)
 
     def _send(self, up: UpstreamConnection) -> None:
         self.upstream = up
         self.reused = up.requests > 0
-        self.info.attempt_count += 1
+        self.attempt_count += 1
         data = [self.head]
         if self.body:
             if self.req_chunked:
@@ -372,7 +355,7 @@ class Stream:
         if self.request_complete:
             if self.req_chunked:
                 data.append(_LAST_CHUNK)
-            self.info.last_upstream_tx_mono = time.monotonic()
+            self.last_upstream_tx_mono = time.monotonic()
         up.send(self, data)
         self.conn.block_reading(BLOCK_BODY_BUFFER, False)
         if self.conn.write_paused and up.transport is not None:
@@ -396,12 +379,11 @@ class Stream:
         self.conn.write(b"".join(parts))
 
     def on_response_headers(self, up: UpstreamConnection) -> None:
-        info = self.info
         now = time.monotonic()
-        info.first_upstream_rx_mono = now
+        self.first_upstream_rx_mono = now
         code = up.resp_status
-        info.response_code = code
-        info.response_code_details = "via_upstream"
+        self.response_code = code
+        self.response_code_details = "via_upstream"
         headers = up.resp_headers
         ctx = self.ctx
         parts = [http1.status_line(code)]
@@ -409,11 +391,11 @@ class Stream:
             parts += (name, b": ", value, _CRLF)
         parts.append(ctx.server_header)
         headers.append(ctx.server_header_tuple)
-        if self.request_complete and info.last_downstream_rx_mono is not None:
-            ust = b"%d" % ((now - info.last_downstream_rx_mono) * 1000)
+        if self.request_complete and self.last_downstream_rx_mono is not None:
+            ust = b"%d" % ((now - self.last_downstream_rx_mono) * 1000)
             parts += (b"x-envoy-upstream-service-time: ", ust, _CRLF)
             headers.append((b"x-envoy-upstream-service-time", ust))
-        info.response_headers = headers
+        self.response_headers = headers
         if code == 101 and self.upgrade is not None:
             self.response_has_no_body = True
             parts += (b"connection: upgrade\r\nupgrade: ", self.upgrade, _CRLF, _CRLF)
@@ -445,11 +427,13 @@ class Stream:
 
     def on_response_body(self, data: bytes | memoryview) -> None:
         n = len(data)
-        self.info.bytes_sent += n
+        self.bytes_sent += n
         conn = self.conn
         conn.last_io = self.ctx.loop.time()
         if self.chunked_out:
-            conn.writelines([b"%x\r\n" % n, data, _CRLF])  # type: ignore[list-item]
+            conn.write(b"%x\r\n" % n)
+            conn.write(data)
+            conn.write(_CRLF)
         else:
             conn.write(data)
 
@@ -479,11 +463,11 @@ class Stream:
             self.on_tunnel_data(rest)
 
     def on_tunnel_data(self, data: bytes) -> None:
-        self.info.bytes_sent += len(data)
+        self.bytes_sent += len(data)
         self.conn.write(data)
 
     def on_downstream_tunnel_data(self, data: bytes) -> None:
-        self.info.bytes_received += len(data)
+        self.bytes_received += len(data)
         up = self.upstream
         if up is not None and up.transport is not None:
             up.transport.write(data)
@@ -495,7 +479,7 @@ class Stream:
         if self.done:
             return
         if self.response_started:
-            self.flags |= ResponseFlag.UPE
+            self.response_flags |= ResponseFlag.UPE
             self.conn.abort()
             self._finish(True)
         else:
@@ -515,7 +499,7 @@ class Stream:
                     self.conn.write(_LAST_CHUNK)
                 self._finish(self.close_after)
                 return
-            self.flags |= ResponseFlag.UC
+            self.response_flags |= ResponseFlag.UC
             self.conn.abort()
             self._finish(True)
             return
@@ -524,7 +508,7 @@ class Stream:
             and not self.retried
             and up.resp_status == 0
             and self.retain_body
-            and self.info.method in http1.IDEMPOTENT_METHODS
+            and self.method in http1.IDEMPOTENT_METHODS
         ):
             # The pool's own stale connection: retry once on a fresh one, unseen by the client.
             self.retried = True
@@ -552,7 +536,7 @@ class Stream:
     def _timeout(self, reply: http1.LocalReply) -> None:
         self._drop_upstream()
         if self.response_started:
-            self.flags |= reply.flag
+            self.response_flags |= reply.flag
             self.conn.abort()
             self._finish(True)
         else:
@@ -561,7 +545,7 @@ class Stream:
     def on_downstream_lost(self) -> None:
         if self.done:
             return
-        self.flags |= ResponseFlag.DC
+        self.response_flags |= ResponseFlag.DC
         self._drop_upstream()
         self._finish(True)
 
@@ -592,10 +576,9 @@ class Stream:
 
     # -- endings ---------------------------------------------------------------------------------
     def _local_reply(self, reply: http1.LocalReply, close: bool = False) -> None:
-        info = self.info
-        info.response_code = reply.code
-        info.response_code_details = reply.details
-        self.flags |= reply.flag
+        self.response_code = reply.code
+        self.response_code_details = reply.details
+        self.response_flags |= reply.flag
         body = reply.body
         close = close or not self.keep_alive or not self.request_complete or self.ctx.draining
         length = b"%d" % len(body)
@@ -614,8 +597,8 @@ class Stream:
         parts.append(_CRLF)
         if body and not self.is_head:
             parts.append(body)
-            info.bytes_sent = len(body)
-        info.response_headers = headers
+            self.bytes_sent = len(body)
+        self.response_headers = headers
         self.response_started = True
         self.conn.write(b"".join(parts))
         self._finish(close)
@@ -624,8 +607,6 @@ class Stream:
         if self.done:
             return
         self.done = True
-        info = self.info
-        info.end_mono = time.monotonic()
-        info.response_flags |= self.flags
-        self.ctx.observe(info)
+        self.end_mono = time.monotonic()
+        self.ctx.observe(self)
         self.conn.stream_done(self, close)

@@ -97,6 +97,14 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes on an idle connection: the upstream broke framing; never reuse it.
             self.close()
             return
+        downstream = stream.conn
+        downstream.cork()  # head and body of one read leave in one write
+        try:
+            self._received(stream, data)
+        finally:
+            downstream.uncork()
+
+    def _received(self, stream: Stream, data: bytes) -> None:
         if self.upgraded:
             stream.on_tunnel_data(data)
             return
@@ -357,4 +365,3 @@ class Cluster:
     def close(self) -> None:
         for host in self.hosts:
             host.close_idle()
-
