@@ -293,6 +293,8 @@ class DownstreamConnection(asyncio.Protocol):
         if out:
             self.out = []
             assert self.transport is not None
+            if self.transport.is_closing():
+                return
             if len(out) == 1:
                 self.transport.write(out[0])
             else:
@@ -306,6 +308,8 @@ class DownstreamConnection(asyncio.Protocol):
             self.transport.close()
 
     def abort(self) -> None:
+        """Reset the connection: whatever is corked is dropped, not sent."""
+        self.out = []
         if self.transport is not None:
             self.transport.abort()
 

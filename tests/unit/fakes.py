@@ -1,0 +1,170 @@
+"""A fake transport and loop for driving the protocols without sockets (as uvicorn's tests do)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from udsproxy.config import schema
+from udsproxy.context import ListenerContext
+from udsproxy.downstream import DownstreamConnection
+from udsproxy.streaminfo import StreamInfo
+from udsproxy.upstream import Cluster
+
+
+class FakeTransport:
+    def __init__(self, peer: tuple[str, int] = ("203.0.113.7", 40000)) -> None:
+        self.buffer = bytearray()
+        self.reading = True
+        self.closed = False
+        self.aborted = False
+        self.peer = peer
+
+    def write(self, data: bytes | memoryview) -> None:
+        assert not self.closed, "write after close"
+        self.buffer += data
+
+    def writelines(self, data: list[bytes]) -> None:
+        for d in data:
+            self.write(d)
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = self.aborted = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def set_write_buffer_limits(self, high: int, low: int) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "peername":
+            return self.peer
+        if name == "sockname":
+            return ("127.0.0.1", 10000)
+        return default
+
+    def take(self) -> bytes:
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        return data
+
+
+class FakeTimer:
+    def __init__(self, when: float, cb: Callable[[], None]) -> None:
+        self.when = when
+        self.cb = cb
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeLoop:
+    """Enough of a loop for the protocols: time, timers, and tasks that are collected, not run."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.timers: list[FakeTimer] = []
+        self.tasks: list[Coroutine[Any, Any, Any]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, cb: Callable[[], None]) -> FakeTimer:
+        t = FakeTimer(when, cb)
+        self.timers.append(t)
+        return t
+
+    def create_task(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self.tasks.append(coro)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for t in list(self.timers):
+            if not t.cancelled and t.when <= self.now:
+                self.timers.remove(t)
+                t.cb()
+
+    def close(self) -> None:
+        for c in self.tasks:
+            c.close()
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.infos: list[StreamInfo] = []
+
+    def log(self, info: StreamInfo) -> None:
+        self.infos.append(info)
+
+
+def make_listener(**hcm: Any) -> schema.Listener:
+    routes = hcm.pop("routes", None) or (
+        schema.Route(match=schema.RouteMatch(prefix="/"), route=schema.RouteAction(cluster="hugo")),
+    )
+    return schema.Listener(
+        name="l0",
+        address=schema.SocketAddress(address="127.0.0.1", port_value=10000),
+        http_connection_manager=schema.HttpConnectionManager(
+            stat_prefix="ingress_http",
+            route_config=schema.RouteConfiguration(
+                virtual_hosts=(
+                    schema.VirtualHost(name="all", domains=("example.com",), routes=routes),
+                    schema.VirtualHost(
+                        name="default",
+                        domains=("*",),
+                        routes=(
+                            schema.Route(
+                                match=schema.RouteMatch(prefix="/"),
+                                route=schema.RouteAction(cluster="hugo"),
+                            ),
+                        ),
+                    ),
+                )
+            ),
+            **hcm,
+        ),
+    )
+
+
+class Harness:
+    """A downstream connection on fake transport/loop, with a cluster whose pool is empty."""
+
+    def __init__(self, **hcm: Any) -> None:
+        self.loop = FakeLoop()
+        loop: asyncio.AbstractEventLoop = self.loop  # type: ignore[assignment]
+        cluster = Cluster(
+            schema.Cluster(
+                name="hugo", endpoints=(schema.Endpoint(address=schema.Pipe(path="/nonexistent")),)
+            ),
+            loop,
+        )
+        self.recorder = Recorder()
+        self.ctx = ListenerContext(make_listener(**hcm), {"hugo": cluster}, [self.recorder], loop)
+        self.transport = FakeTransport()
+        self.conn = DownstreamConnection(self.ctx)
+        self.conn.connection_made(self.transport)  # type: ignore[arg-type]
+
+    def feed(self, data: bytes, mode: str = "whole") -> None:
+        if mode == "bytes":
+            for i in range(len(data)):
+                self.conn.data_received(data[i : i + 1])
+        else:
+            self.conn.data_received(data)
