@@ -20,7 +20,7 @@ import httptools
 from udsproxy import http1
 from udsproxy.downstream import BLOCK_BODY_BUFFER, BLOCK_UPSTREAM_WRITE
 from udsproxy.flags import ResponseFlag
-from udsproxy.streaminfo import StreamInfo
+from udsproxy.streaminfo import Peer, StreamInfo
 
 if TYPE_CHECKING:
     from udsproxy.context import ListenerContext
@@ -82,6 +82,7 @@ class Stream(StreamInfo):
         "upstream",
         "url",
         "xff",
+        "xfp",
     )
 
     def __init__(self, ctx: ListenerContext, conn: DownstreamConnection) -> None:
@@ -97,6 +98,7 @@ class Stream(StreamInfo):
         self.authority: bytes | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.xff: bytes | None = None
+        self.xfp: bytes | None = None
         self.request_id_seen = False
         self.req_cl = -1
         self.req_chunked = False
@@ -151,6 +153,8 @@ class Stream(StreamInfo):
             self.expect_continue = value.lower() == b"100-continue"
         elif name == b"x-forwarded-for":
             self.xff = value if self.xff is None else self.xff + b", " + value
+        elif name == b"x-forwarded-proto":
+            self.xfp = value  # trusted only behind xff_num_trusted_hops proxies
         elif name == b"x-request-id":
             self.request_id_seen = True
             self.headers.append((name, value))
@@ -291,12 +295,17 @@ class Stream(StreamInfo):
             if new_path != path:
                 headers.append((b"x-envoy-original-path", path))
                 path = new_path
+        xff = self.xff
+        hops = ctx.xff_num_trusted_hops
+        if xff is not None and (hops or not ctx.use_remote_address):
+            self._trust_xff(xff, hops if ctx.use_remote_address else hops + 1)
         if ctx.use_remote_address:
             ip = self.conn.peer_ip
-            headers.append((b"x-forwarded-for", self.xff + b", " + ip if self.xff else ip))
-        elif self.xff is not None:
-            headers.append((b"x-forwarded-for", self.xff))
-        headers.append((b"x-forwarded-proto", b"http"))
+            headers.append((b"x-forwarded-for", xff + b", " + ip if xff else ip))
+        elif xff is not None:
+            headers.append((b"x-forwarded-for", xff))
+        trusted_xfp = self.xfp if hops and self.xfp is not None else b"http"
+        headers.append((b"x-forwarded-proto", trusted_xfp))
         if not self.request_id_seen:
             headers.append((b"x-request-id", request_id()))
         self.request_headers = headers
@@ -312,6 +321,14 @@ class Stream(StreamInfo):
             parts += (b"connection: upgrade\r\nupgrade: ", self.upgrade, _CRLF)
         parts.append(_CRLF)
         return b"".join(parts)
+
+    def _trust_xff(self, xff: bytes, nth: int) -> None:
+        """The client address Envoy trusts: the nth entry from the right of x-forwarded-for."""
+        entries = xff.split(b",")
+        if nth <= len(entries):
+            ip = entries[-nth].strip().decode("latin-1")
+            if ip:
+                self.downstream_remote = Peer(ip, None)
 
     async def _connect(self) -> None:
         host = self.host

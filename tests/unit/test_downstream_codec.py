@@ -256,3 +256,22 @@ def test_idle_connection_times_out(make):
     assert not h.transport.closed
     h.loop.advance(2.0)
     assert h.transport.closed
+
+
+def test_xff_num_trusted_hops_picks_client_address_and_trusts_xfp(make):
+    h = make(use_remote_address=True, xff_num_trusted_hops=1)
+    h.feed(
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 192.0.2.9, 198.51.100.1\r\n"
+        b"X-Forwarded-Proto: https\r\n\r\n"
+    )
+    s = h.conn.active
+    assert s is not None
+    assert str(s.downstream_remote) == "198.51.100.1"
+    assert str(s.downstream_direct_remote) == "203.0.113.7:40000"
+    assert b"x-forwarded-proto: https\r\n" in s.head
+
+
+def test_untrusted_xfp_is_overwritten(make):
+    h = make(use_remote_address=True)
+    h.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: https\r\n\r\n")
+    assert b"x-forwarded-proto: http\r\n" in upstream_head(h)
