@@ -27,6 +27,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("serve", "validate"), default="serve")
     p.add_argument("-l", "--log-level", choices=_LEVELS, default="info")
     p.add_argument("--drain-time-s", type=float, default=5.0, help="graceful stop budget")
+    p.add_argument(
+        "--splice-min-bytes",
+        type=int,
+        default=None,
+        help="relay Content-Length bodies at least this large with splice(2); 0 disables "
+        "(default 262144)",
+    )
     p.add_argument("--version", action="version", version=f"udsproxy {__version__}")
     return p
 
@@ -70,19 +77,23 @@ def main(argv: list[str] | None = None) -> int:
     import uvloop
 
     try:
-        uvloop.run(_serve(bootstrap, args.drain_time_s))
+        uvloop.run(_serve(bootstrap, args.drain_time_s, args.splice_min_bytes))
     except OSError as exc:
         print(f"udsproxy: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-async def _serve(bootstrap: object, drain_time: float) -> None:
+async def _serve(bootstrap: object, drain_time: float, splice_min: int | None) -> None:
     from udsproxy.config.schema import Bootstrap
-    from udsproxy.server import Server
+    from udsproxy.server import DEFAULT_SPLICE_MIN_BYTES, Server
 
     assert isinstance(bootstrap, Bootstrap)
-    server = await Server.start(bootstrap, announce=True)
+    server = await Server.start(
+        bootstrap,
+        announce=True,
+        splice_min_bytes=DEFAULT_SPLICE_MIN_BYTES if splice_min is None else splice_min,
+    )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

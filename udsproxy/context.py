@@ -7,6 +7,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from udsproxy import splice
 from udsproxy.config import schema
 from udsproxy.router import Router
 from udsproxy.stream import Stream
@@ -34,6 +35,7 @@ class ListenerContext:
         clusters: Mapping[str, Cluster],
         access_loggers: Sequence[AccessLogger],
         loop: asyncio.AbstractEventLoop,
+        splice_min_bytes: int = 0,
     ) -> None:
         hcm = listener.http_connection_manager
         self.name = listener.name
@@ -54,6 +56,8 @@ class ListenerContext:
         self.stream_idle_timeout = hcm.stream_idle_timeout
         self.listener_address = listener.address
         self.local_peer = Peer(str(listener.address), None)
+        # Content-Length bodies at least this large go through splice(2); 0 turns it off.
+        self.splice_min_bytes = splice_min_bytes if splice.AVAILABLE else 0
         self.draining = False  # set on shutdown: responses carry connection: close
         self.connections: set[DownstreamConnection] = set()
         self._next_id = 0

@@ -32,12 +32,21 @@ __all__ = ["Server"]
 log = logging.getLogger("udsproxy.server")
 
 _BACKLOG = 1024
+# Below this a body is relayed through Python (memoryview, no copies of our own); above it
+# splice(2) moves it kernel-side. The benchmark issue measures where the crossover is.
+DEFAULT_SPLICE_MIN_BYTES = 256 * 1024
 ConfigSource = schema.Bootstrap | Mapping[str, Any] | str | os.PathLike[str]
 
 
 class Server:
-    def __init__(self, bootstrap: schema.Bootstrap, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        bootstrap: schema.Bootstrap,
+        loop: asyncio.AbstractEventLoop,
+        splice_min_bytes: int = DEFAULT_SPLICE_MIN_BYTES,
+    ) -> None:
         self.bootstrap = bootstrap
+        self.splice_min_bytes = splice_min_bytes
         self.loop = loop
         self.sinks = SinkRegistry()
         self.clusters = {c.name: Cluster(c, loop) for c in bootstrap.clusters}
@@ -48,10 +57,19 @@ class Server:
         self._stopping = False
 
     @classmethod
-    async def start(cls, config: ConfigSource, *, announce: bool = False) -> Server:
-        """Build and bind everything; raises ConfigError or OSError before serving anything."""
+    async def start(
+        cls,
+        config: ConfigSource,
+        *,
+        announce: bool = False,
+        splice_min_bytes: int = DEFAULT_SPLICE_MIN_BYTES,
+    ) -> Server:
+        """Build and bind everything; raises ConfigError or OSError before serving anything.
+
+        ``splice_min_bytes=0`` keeps every body on the Python relay path.
+        """
         bootstrap = config if isinstance(config, schema.Bootstrap) else load_config(config)
-        server = cls(bootstrap, asyncio.get_running_loop())
+        server = cls(bootstrap, asyncio.get_running_loop(), splice_min_bytes)
         try:
             for listener in bootstrap.listeners:
                 await server._start_listener(listener, announce)
@@ -62,7 +80,7 @@ class Server:
 
     async def _start_listener(self, listener: schema.Listener, announce: bool) -> None:
         loggers = build_access_loggers(listener.http_connection_manager.access_log, self.sinks)
-        ctx = ListenerContext(listener, self.clusters, loggers, self.loop)
+        ctx = ListenerContext(listener, self.clusters, loggers, self.loop, self.splice_min_bytes)
         factory = functools.partial(DownstreamConnection, ctx)
         address = listener.address
         bound: tuple[str, int] | str

@@ -454,6 +454,10 @@ class Stream(StreamInfo):
         else:
             conn.write(data)
 
+    def on_spliced(self, n: int) -> None:
+        self.bytes_sent += n
+        self.conn.last_io = self.ctx.loop.time()
+
     def on_response_complete(self, up: UpstreamConnection) -> None:
         if self.chunked_out:
             self.conn.write(_LAST_CHUNK)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from udsproxy.config import schema
+from udsproxy.splice import Splicer
 
 if TYPE_CHECKING:
     from udsproxy.stream import Stream
@@ -55,6 +56,7 @@ class UpstreamConnection(asyncio.Protocol):
         "resp_chunked",
         "resp_headers",
         "resp_status",
+        "splicer",
         "stray_body",
         "stream",
         "transport",
@@ -70,6 +72,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.upgraded = False
+        self.splicer: Splicer | None = None
         self._reset_response()
         self.message_done = True  # a fresh connection is as reusable as a finished one
 
@@ -103,6 +106,48 @@ class UpstreamConnection(asyncio.Protocol):
             self._received(stream, data)
         finally:
             downstream.uncork()
+        splice_min = stream.ctx.splice_min_bytes
+        if splice_min and self.body_remaining >= splice_min and not stream.chunked_out:
+            self._start_splice(stream)
+
+    def _start_splice(self, stream: Stream) -> None:
+        """Hand the rest of a large Content-Length body to splice(2)."""
+        down = stream.conn.transport
+        if down is None or self.transport is None or down.get_write_buffer_size():
+            return  # bytes still queued downstream would be overtaken: stay on the copy path
+        dsock = down.get_extra_info("socket")
+        usock = self.transport.get_extra_info("socket")
+        if dsock is None or usock is None:
+            return
+        self.transport.pause_reading()
+        self.splicer = Splicer(
+            stream.ctx.loop,
+            usock.fileno(),
+            dsock.fileno(),
+            self.body_remaining,
+            stream.on_spliced,
+            self._splice_done,
+            self._splice_failed,
+        )
+        self.splicer.start()
+
+    def _splice_done(self) -> None:
+        self.splicer = None
+        self.body_remaining = -1
+        self.parser = httptools.HttpResponseParser(self)
+        self.message_done = True
+        if self.transport is not None:
+            self.transport.resume_reading()
+        stream = self.stream
+        if stream is not None:
+            stream.on_response_complete(self)
+
+    def _splice_failed(self, exc: OSError | None, eof: bool) -> None:
+        self.splicer = None
+        stream = self.stream
+        self.abort()
+        if stream is not None:
+            stream.on_upstream_lost(self)
 
     def _received(self, stream: Stream, data: bytes) -> None:
         if self.upgraded:
@@ -229,6 +274,9 @@ class UpstreamConnection(asyncio.Protocol):
         )
 
     def close(self) -> None:
+        if self.splicer is not None:
+            self.splicer.cancel()
+            self.splicer = None
         self.stream = None
         if not self.closed:
             self.closed = True
@@ -237,6 +285,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.host.forget(self)
 
     def abort(self) -> None:
+        if self.splicer is not None:
+            self.splicer.cancel()
+            self.splicer = None
         self.stream = None
         self.closed = True
         if self.transport is not None:
