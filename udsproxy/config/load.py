@@ -1,0 +1,137 @@
+"""Load an Envoy v3 bootstrap (YAML/JSON file, YAML text or an already-parsed mapping).
+
+The only module of ``udsproxy.config`` that does I/O. Problems come back as one ConfigError:
+YAML syntax errors and duplicate keys with ``file:line:column``; otherwise every schema error
+(``validate``) followed by every feature udsproxy refuses (``convert``). While the schema has
+errors, convert's consistency checks (required fields, unknown clusters, ...) are held back: a
+value dropped for a schema error would make them report something that is not the real problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from udsproxy.config.convert import REFUSED, convert
+from udsproxy.config.schema import Bootstrap
+from udsproxy.config.validate import check, describe
+from udsproxy.errors import ConfigError
+
+__all__ = ["load_config", "load_file", "load_tree", "load_yaml", "parse_yaml"]
+
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that records duplicate keys instead of keeping the last one silently, and
+    leaves dates as strings (Envoy's YAML reader has no timestamp type)."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != _TIMESTAMP]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[tuple[yaml.Mark, str]] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:
+            # Keys brought in by a '<<' merge may be overridden; only literal repeats are errors.
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE:
+                key = (key_node.tag, key_node.value)
+                if key in seen:
+                    self.duplicates.append((key_node.start_mark, key_node.value))
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _where(filename: str, mark: yaml.Mark | None) -> str:
+    return f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
+
+
+def parse_yaml(text: str, filename: str = "<string>") -> Any:
+    """Parse YAML text into plain dicts/lists/scalars; syntax errors raise ConfigError."""
+    loader = _Loader(text)
+    try:
+        data = loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        problem = exc.problem or "invalid YAML"
+        context = f" ({exc.context})" if exc.context else ""
+        where = _where(filename, exc.problem_mark or exc.context_mark)
+        raise ConfigError([(where, f"YAML syntax error: {problem}{context}")]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([(filename, f"YAML error: {exc}")]) from None
+    finally:
+        loader.dispose()
+    if loader.duplicates:
+        duplicates = sorted(loader.duplicates, key=lambda d: (d[0].line, d[0].column))
+        errors = [(_where(filename, mark), f"duplicate key '{key}'") for mark, key in duplicates]
+        raise ConfigError(errors)
+    return data
+
+
+def load_tree(tree: object) -> Bootstrap:
+    """Validate and convert an already-parsed bootstrap. Pure."""
+    if tree is None:
+        raise ConfigError([("", "the config is empty")])
+    if not isinstance(tree, Mapping):
+        raise ConfigError([("", f"expected a mapping at the top level, got {describe(tree)}")])
+    if "resources" in tree and "static_resources" not in tree:
+        # The file a path-based xDS config points at; easy to pass by mistake.
+        message = "unknown field 'resources': this is an xDS resource file, not a bootstrap"
+        raise ConfigError([("resources", message)])
+    canonical, errors = check(tree)
+    try:
+        bootstrap = convert(canonical)
+    except ConfigError as exc:
+        refused = [e for e in exc.errors if not errors or REFUSED in e[1]]
+        raise ConfigError(errors + refused) from None
+    if errors:
+        raise ConfigError(errors)
+    return bootstrap
+
+
+def load_yaml(text: str, filename: str = "<string>") -> Bootstrap:
+    """Load a bootstrap from YAML (or JSON) text; ``filename`` only labels syntax errors."""
+    return load_tree(parse_yaml(text, filename))
+
+
+def load_file(path: str | os.PathLike[str]) -> Bootstrap:
+    """Load a bootstrap file: ``.json`` is read as JSON, anything else as YAML (like Envoy)."""
+    name = os.fspath(path)
+    try:
+        text = Path(name).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([(name, f"cannot read the config file: {exc.strerror or exc}")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([(name, f"the config file is not UTF-8: {exc.reason}")]) from None
+    if name.endswith(".json"):
+        try:
+            tree = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                [(f"{name}:{exc.lineno}:{exc.colno}", f"JSON syntax error: {exc.msg}")]
+            ) from None
+        return load_tree(tree)
+    return load_yaml(text, name)
+
+
+def load_config(source: Mapping[str, Any] | str | os.PathLike[str]) -> Bootstrap:
+    """Load from a parsed mapping, YAML text, or a file path.
+
+    A ``str`` is YAML text if it contains a newline, '{' or ':' (no sane config path does, and
+    no useful bootstrap fits on one line without them); otherwise it is a path.
+    """
+    if isinstance(source, Mapping):
+        return load_tree(source)
+    if isinstance(source, str) and any(c in source for c in "\n{:"):
+        return load_yaml(source)
+    return load_file(source)
