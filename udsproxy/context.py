@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from udsproxy import splice
 from udsproxy.config import schema
@@ -61,11 +61,18 @@ class ListenerContext:
         self.draining = False  # set on shutdown: responses carry connection: close
         self.connections: set[DownstreamConnection] = set()
         self._next_id = 0
+        self._tasks: set[asyncio.Task[None]] = set()
         # A few plain counters; the stats issue turns these into Envoy's stat tree.
         self.stats_rq_total = 0
         self.stats_idle_timeout = 0
         self.stats_connect_fail = 0
         self.stats_timeout = 0
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a connect attempt; the set keeps a strong reference until it is done."""
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def next_connection_id(self) -> int:
         self._next_id += 1

@@ -48,7 +48,6 @@ class Stream(StreamInfo):
     """A request in flight. It is its own ``StreamInfo``: one object per request, not two."""
 
     __slots__ = (
-        "authority",
         "body",
         "body_size",
         "chunked_out",
@@ -62,11 +61,11 @@ class Stream(StreamInfo):
         "head",
         "headers",
         "host",
+        "host_seen",
         "http10",
         "is_head",
         "keep_alive",
         "nominated",
-        "path",
         "req_chunked",
         "req_cl",
         "request_complete",
@@ -94,8 +93,7 @@ class Stream(StreamInfo):
         self.downstream_local = conn.local
         # request, filled by the parser
         self.url = b""
-        self.path = b""
-        self.authority: bytes | None = None
+        self.host_seen = False  # authority/path live in StreamInfo
         self.headers: list[tuple[bytes, bytes]] = []
         self.xff: bytes | None = None
         self.xfp: bytes | None = None
@@ -133,8 +131,9 @@ class Stream(StreamInfo):
     def add_header(self, name: bytes, value: bytes) -> http1.LocalReply | None:
         """A header the codec flagged as special (http1.SPECIAL_REQUEST_HEADERS)."""
         if name == b"host":
-            if self.authority is not None:
+            if self.host_seen:
                 return http1.BAD_REQUEST  # duplicate Host (RFC 9112 3.2)
+            self.host_seen = True
             self.authority = value
         elif name == b"content-length":
             self.req_cl = int(value)  # llhttp rejected anything but one run of digits
@@ -175,10 +174,10 @@ class Stream(StreamInfo):
                 return http1.BAD_REQUEST  # CONNECT tunnels are not supported
             self.upgrade = None
         url = self.url
-        self.path = url
-        if url[:1] == b"/" or (url == b"*" and method == b"OPTIONS"):
-            self.path = url
-        elif url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
+        self.path = url  # origin-form, or "*" for OPTIONS, goes through as is
+        if url[:1] != b"/" and not (url == b"*" and method == b"OPTIONS"):
+            if url[:7].lower() != b"http://" and url[:8].lower() != b"https://":
+                return http1.BAD_REQUEST
             # absolute-form: its authority replaces Host (RFC 9112 3.2.2)
             try:
                 parsed = httptools.parse_url(url)
@@ -187,15 +186,11 @@ class Stream(StreamInfo):
             if not parsed.host:
                 return http1.BAD_REQUEST
             self.authority = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+            self.host_seen = True
             path = parsed.path or b"/"
             self.path = path + b"?" + parsed.query if parsed.query else path
-        else:
-            return http1.BAD_REQUEST
-        if self.authority is None:
-            if not self.http10:
-                return http1.MISSING_HOST
-            self.authority = b""
-        self.authority = self.authority
+        if not self.host_seen and not self.http10:
+            return http1.MISSING_HOST
         if self.nominated:
             drop = set(self.nominated)
             self.headers = [h for h in self.headers if h[0] not in drop]
@@ -254,7 +249,6 @@ class Stream(StreamInfo):
             self._local_reply(self.error, close=True)
             return
         ctx = self.ctx
-        assert self.authority is not None
         route = ctx.router.match(self.authority, self.path)
         if route is None:
             self._local_reply(http1.NO_ROUTE)
@@ -282,7 +276,7 @@ class Stream(StreamInfo):
         if up is not None:
             self._send(up)
         else:
-            self.ctx.loop.create_task(self._connect())
+            self.ctx.spawn(self._connect())
         if self.request_complete:
             self._arm_route_timeout()
 
@@ -309,7 +303,7 @@ class Stream(StreamInfo):
         if not self.request_id_seen:
             headers.append((b"x-request-id", request_id()))
         self.request_headers = headers
-        parts = [self.method, b" ", path, b" HTTP/1.1\r\nhost: ", self.authority or b"", _CRLF]
+        parts = [self.method, b" ", path, b" HTTP/1.1\r\nhost: ", self.authority, _CRLF]
         for name, value in headers:
             parts += (name, b": ", value, _CRLF)
         parts.append(route.expected_timeout_header)
@@ -387,8 +381,8 @@ class Stream(StreamInfo):
     # -- the response (called by UpstreamConnection) -----------------------------------------
     def on_response_interim(self, up: UpstreamConnection) -> None:
         status = up.resp_status
-        if status == 100:
-            return  # the proxy already answered Expect itself
+        if status == 100 or self.http10:
+            return  # the proxy answered Expect itself; HTTP/1.0 clients get no 1xx
         parts = [http1.status_line(status)]
         for name, value in up.resp_headers:
             parts += (name, b": ", value, _CRLF)
@@ -533,7 +527,7 @@ class Stream(StreamInfo):
         ):
             # The pool's own stale connection: retry once on a fresh one, unseen by the client.
             self.retried = True
-            self.ctx.loop.create_task(self._connect())
+            self.ctx.spawn(self._connect())
             return
         self._local_reply(http1.CONNECTION_TERMINATION)
 

@@ -76,6 +76,11 @@ class FakeTimer:
         self.cancelled = True
 
 
+class FakeTask:
+    def add_done_callback(self, cb: Callable[[Any], None]) -> None:
+        pass
+
+
 class FakeLoop:
     """Enough of a loop for the protocols: time, timers, and tasks that are collected, not run."""
 
@@ -92,8 +97,9 @@ class FakeLoop:
         self.timers.append(t)
         return t
 
-    def create_task(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def create_task(self, coro: Coroutine[Any, Any, Any]) -> FakeTask:
         self.tasks.append(coro)
+        return FakeTask()
 
     def advance(self, seconds: float) -> None:
         self.now += seconds

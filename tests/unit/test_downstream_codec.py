@@ -146,10 +146,12 @@ def test_http10_without_host_is_accepted(make):
 BAD_REQUESTS = {
     "cl_and_te": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    "duplicate_cl": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    "duplicate_cl": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n"
+    b"Content-Length: 2\r\n\r\nab",
     "cl_list": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 1\r\n\r\na",
     "cl_negative": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
-    "te_not_chunked_last": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+    "te_not_chunked_last": b"POST / HTTP/1.1\r\nHost: a\r\n"
+    b"Transfer-Encoding: chunked, gzip\r\n\r\n",
     "te_gzip": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
     "obs_fold": b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n",
     "bare_cr": b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n",
@@ -188,7 +190,9 @@ def test_complete_request_before_malformed_one_is_still_served(make):
 
 def test_too_many_headers_gives_431(make):
     h = make(max_headers_count=5)
-    h.feed(b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(6)) + b"\r\n")
+    h.feed(
+        b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(6)) + b"\r\n"
+    )
     out = h.transport.take()
     assert out.startswith(b"HTTP/1.1 431 ")
     assert h.recorder.infos[-1].response_code_details == "http1.too_many_headers"
@@ -203,7 +207,9 @@ def test_headers_over_max_request_headers_kb_give_431(make):
 
 def test_no_route_is_404_nr_with_empty_body(make):
     routes = (
-        schema.Route(match=schema.RouteMatch(prefix="/api"), route=schema.RouteAction(cluster="hugo")),
+        schema.Route(
+            match=schema.RouteMatch(prefix="/api"), route=schema.RouteAction(cluster="hugo")
+        ),
     )
     h = make(routes=routes)
     h.feed(b"GET /other HTTP/1.1\r\nHost: example.com\r\n\r\n")

@@ -77,15 +77,14 @@ def test_content_length_response_is_relayed_and_connection_pooled(pair, mode):
 def test_chunked_response_is_rechunked(pair, mode):
     p = pair()
     out = p.respond(
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
         mode,
     )
     head, _, body = out.partition(b"\r\n\r\n")
     assert b"transfer-encoding: chunked" in head
     assert body.endswith(b"0\r\n\r\n")
-    decoded = b"".join(
-        body.split(b"\r\n")[i] for i in range(1, len(body.split(b"\r\n")) - 2, 2)
-    )
+    decoded = b"".join(body.split(b"\r\n")[i] for i in range(1, len(body.split(b"\r\n")) - 2, 2))
     assert decoded == b"abcde"
     assert p.info.bytes_sent == 5
     assert list(p.host.idle) == [p.up]
@@ -131,7 +130,8 @@ def test_close_delimited_response_ends_with_the_connection(pair):
 
 BAD_RESPONSES = {
     "conflicting_cl": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
-    "cl_and_te": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "cl_and_te": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     "bad_status_line": b"HTTP/1.1 2x0 OK\r\n\r\n",
     "nul_in_header": b"HTTP/1.1 200 OK\r\nX: a\x00b\r\nContent-Length: 0\r\n\r\n",
     "not_http": b"SSH-2.0-OpenSSH_9.2\r\n",
