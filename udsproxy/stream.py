@@ -287,8 +287,9 @@ class Stream(StreamInfo):
         if route.prefix_rewrite is not None:
             new_path = route.rewrite(path)
             if new_path != path:
+                # %REQ(:PATH)% shows what went upstream; the default format logs the original
                 headers.append((b"x-envoy-original-path", path))
-                path = new_path
+                path = self.path = new_path
         xff = self.xff
         hops = ctx.xff_num_trusted_hops
         if xff is not None and (hops or not ctx.use_remote_address):

@@ -73,7 +73,7 @@ class StreamInfo:
         self.first_upstream_rx_mono: float | None = None  # %RESPONSE_DURATION%
         # request
         self.method: bytes = b""
-        self.path: bytes = b""  # as received (what %REQ(:PATH)% shows)
+        self.path: bytes = b""  # as forwarded (after prefix_rewrite), like Envoy's :path
         self.authority: bytes = b""
         self.protocol: str = "HTTP/1.1"
         self.request_headers: list[tuple[bytes, bytes]] = []

@@ -1,0 +1,259 @@
+"""FileSink, SinkRegistry and AccessLogger: buffering, flush triggers, bounds, lifecycle."""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from udsproxy.accesslog.formatter import FormatError, compile_text
+from udsproxy.accesslog.sink import AccessLogger, FileSink, SinkRegistry, build_access_loggers
+from udsproxy.config.schema import AccessLog
+from udsproxy.streaminfo import StreamInfo
+
+LINE = "x" * 29 + "\n"  # 30 bytes
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.005)
+    return cond()
+
+
+@pytest.fixture
+def log_path(tmp_path: Path) -> Path:
+    return tmp_path / "access.log"
+
+
+@pytest.fixture
+def sinks() -> Iterator[list[FileSink]]:
+    made: list[FileSink] = []
+    yield made
+    for s in made:
+        s.close()
+
+
+def make(
+    sinks: list[FileSink],
+    path: Path,
+    *,
+    flush_interval: float = 1.0,
+    flush_bytes: int = 1 << 16,
+    max_buffer_bytes: int = 1 << 24,
+) -> FileSink:
+    s = FileSink(
+        str(path),
+        flush_interval=flush_interval,
+        flush_bytes=flush_bytes,
+        max_buffer_bytes=max_buffer_bytes,
+    )
+    sinks.append(s)
+    return s
+
+
+def test_nothing_is_written_until_size_or_interval(log_path: Path, sinks: list[FileSink]) -> None:
+    s = make(sinks, log_path, flush_interval=60, flush_bytes=1 << 20)
+    s.write(LINE)
+    time.sleep(0.05)
+    assert log_path.read_text() == ""
+    s.flush()
+    assert log_path.read_text() == LINE
+    assert s.written_lines == 1
+
+
+def test_flush_by_size(log_path: Path, sinks: list[FileSink]) -> None:
+    s = make(sinks, log_path, flush_interval=60, flush_bytes=100)
+    for _ in range(3):
+        s.write(LINE)  # 90 bytes: below the threshold
+    time.sleep(0.05)
+    assert log_path.read_text() == ""
+    s.write(LINE)  # 120 bytes: the writer thread is woken
+    assert wait_for(lambda: log_path.read_text() == LINE * 4)
+    assert s.written_lines == 4
+
+
+def test_flush_by_interval(log_path: Path, sinks: list[FileSink]) -> None:
+    s = make(sinks, log_path, flush_interval=0.05, flush_bytes=1 << 20)
+    s.write(LINE)
+    assert wait_for(lambda: log_path.read_text() == LINE)
+    s.write("second\n")
+    assert wait_for(lambda: log_path.read_text() == LINE + "second\n")
+
+
+def test_lines_past_the_bound_are_dropped_and_counted(
+    log_path: Path, sinks: list[FileSink]
+) -> None:
+    s = make(sinks, log_path, flush_interval=60, flush_bytes=1 << 20, max_buffer_bytes=100)
+    for _ in range(10):
+        s.write(LINE)
+    assert (s.dropped_lines, s.dropped_bytes) == (7, 210)
+    s.flush()
+    assert log_path.read_text() == LINE * 3
+    assert s.written_lines == 3
+    s.write(LINE)  # room again once written
+    s.flush()
+    assert s.written_lines == 4 and s.dropped_lines == 7
+
+
+def test_appends_to_an_existing_file(log_path: Path, sinks: list[FileSink]) -> None:
+    log_path.write_text("old\n")
+    s = make(sinks, log_path)
+    s.write("new\n")
+    s.close()
+    assert log_path.read_text() == "old\nnew\n"
+
+
+def test_close_flushes_joins_and_is_idempotent(log_path: Path) -> None:
+    s = FileSink(str(log_path), flush_interval=60)
+    s.write(LINE)
+    thread = s._thread
+    assert thread is not None and thread.daemon and thread.is_alive()
+    s.close()
+    s.close()
+    assert not thread.is_alive()
+    assert log_path.read_text() == LINE
+    s.write(LINE)  # after close: dropped, not raised
+    assert s.dropped_lines == 1
+    with pytest.raises(OSError):
+        os.fstat(s._fd)  # our file descriptor is closed
+
+
+def test_close_without_any_write_starts_no_thread(log_path: Path) -> None:
+    s = FileSink(str(log_path))
+    assert s._thread is None
+    s.close()
+    assert log_path.exists()
+
+
+def test_stdout_is_written_and_never_closed(capfd: pytest.CaptureFixture[str]) -> None:
+    s = FileSink("/dev/stdout")
+    s.write("to stdout\n")
+    s.close()
+    os.fstat(1)  # still open
+    assert capfd.readouterr().out == "to stdout\n"
+
+
+def test_bytes_go_out_as_the_byte_view(log_path: Path, sinks: list[FileSink]) -> None:
+    s = make(sinks, log_path)
+    s.write("caf\xc3\xa9 \xff\n")  # a formatter line: one char per byte
+    s.write("€\n")  # a str that is not a byte view: written as UTF-8
+    s.flush()
+    assert log_path.read_bytes() == b"caf\xc3\xa9 \xff\n" + "€\n".encode()
+
+
+def test_pipe_writes_keep_lines_whole(
+    tmp_path: Path, sinks: list[FileSink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    s = make(sinks, fifo, flush_interval=60, flush_bytes=1 << 20)
+    sizes: list[int] = []
+    real_write = os.write
+
+    def spy(fd: int, data: bytes | memoryview) -> int:
+        sizes.append(len(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", spy)  # the sink calls os.write
+    line = "y" * 999 + "\n"
+    for _ in range(10):
+        s.write(line)
+    s.flush()
+    monkeypatch.undo()
+    got = b""
+    while len(got) < 10_000 and select.select([reader], [], [], 1.0)[0]:
+        got += os.read(reader, 65536)
+    os.close(reader)
+    assert got == line.encode() * 10
+    assert all(size % 1000 == 0 and size <= select.PIPE_BUF for size in sizes)
+
+
+def test_registry_shares_one_sink_per_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    reg = SinkRegistry(flush_interval=60)
+    a = reg.get("a.log")
+    assert reg.get(str(tmp_path / "a.log")) is a
+    assert reg.get("b.log") is not a
+    assert reg.get("/dev/stdout") is reg.get("/dev/stdout")
+    reg.close_all()
+    assert a.closed
+    assert reg.get("a.log") is not a
+    reg.close_all()
+
+
+def test_build_access_loggers_and_log(log_path: Path) -> None:
+    reg = SinkRegistry(flush_interval=60)
+    cfgs = (
+        AccessLog(path=str(log_path), text_format="%RESPONSE_CODE%\n"),
+        AccessLog(path=str(log_path), json_format={"code": "%RESPONSE_CODE%"}),
+    )
+    loggers = build_access_loggers(cfgs, reg)
+    assert loggers[0].sink is loggers[1].sink
+    info = StreamInfo(0.0, 0.0)
+    info.response_code = 204
+    for logger in loggers:
+        logger.log(info)
+    reg.close_all()
+    assert log_path.read_text() == '204\n{"code":204}\n'
+    with pytest.raises(FormatError):
+        build_access_loggers((AccessLog(path=str(log_path), text_format="%NOPE%"),), reg)
+
+
+def test_a_formatting_bug_is_counted_not_raised(
+    log_path: Path, sinks: list[FileSink], caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = AccessLogger(compile_text("%RESPONSE_CODE%\n"), make(sinks, log_path))
+    logger.log(None)  # type: ignore[arg-type]
+    logger.log(None)  # type: ignore[arg-type]
+    assert logger.errors == 2
+    assert len([r for r in caplog.records if "formatting failed" in r.message]) == 1
+
+
+def test_writes_from_many_threads_are_all_kept(log_path: Path, sinks: list[FileSink]) -> None:
+    s = make(sinks, log_path, flush_interval=0.01, flush_bytes=256)
+
+    def burst() -> None:
+        for _ in range(500):
+            s.write(LINE)
+
+    threads = [threading.Thread(target=burst) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    s.close()
+    assert s.written_lines == 2000 and s.dropped_lines == 0
+    assert log_path.read_text() == LINE * 2000
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork() with threads, 3.12+
+def test_a_forked_child_starts_clean(log_path: Path, sinks: list[FileSink]) -> None:
+    s = make(sinks, log_path, flush_interval=60, flush_bytes=1 << 20)
+    s.write("parent\n")  # queued in the parent, writer thread running
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's queue and thread are gone, its own work flows
+        try:
+            ok = s._thread is None and s._pending == 0
+            s.write("child\n")
+            s.flush()
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert log_path.read_text() == "child\n"
+    s.flush()
+    assert log_path.read_text() == "child\nparent\n"
+
+
+def test_bad_options_are_rejected(log_path: Path) -> None:
+    with pytest.raises(ValueError, match="must be > 0"):
+        FileSink(str(log_path), flush_bytes=0)

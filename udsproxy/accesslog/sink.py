@@ -1,0 +1,256 @@
+"""Envoy's file access logger: the request path only appends to memory.
+
+Envoy buffers file logs and writes them from a flush thread every ``--file-flush-interval-msec``
+or once 64 KiB are pending. ``FileSink`` does the same with one daemon writer thread per file, so
+a slow disk or a full stdout pipe never stalls the event loop. Unlike Envoy (envoyproxy/envoy#9458)
+memory is bounded: past ``max_buffer_bytes`` lines are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import os
+import select
+import stat
+import threading
+import weakref
+from collections.abc import Iterable
+
+from udsproxy.accesslog.formatter import Formatter, compile_access_log
+from udsproxy.config import schema
+from udsproxy.streaminfo import StreamInfo
+
+__all__ = ["AccessLogger", "FileSink", "SinkRegistry", "build_access_loggers"]
+
+_log = logging.getLogger("udsproxy.accesslog")
+
+_STD_FDS = {"/dev/stdout": 1, "/dev/stderr": 2}
+_PIPE_BUF = select.PIPE_BUF  # writes up to this size are atomic on a pipe
+
+
+def _utf8_fallback(err: UnicodeError) -> tuple[bytes, int]:
+    # Formatter output is a byte view (chars < 256 = bytes). A str from elsewhere may hold more;
+    # those characters are written as UTF-8 rather than failing the whole batch.
+    if not isinstance(err, UnicodeEncodeError):
+        raise err
+    return err.object[err.start : err.end].encode(), err.end
+
+
+codecs.register_error("udsproxy.utf8", _utf8_fallback)
+# Every live sink, so that a forked child can drop the parent's buffer, locks and thread.
+_sinks: weakref.WeakSet[FileSink] = weakref.WeakSet()
+
+
+class FileSink:
+    """One log file (or ``/dev/stdout``/``/dev/stderr``) and its writer thread.
+
+    ``write`` never blocks on I/O. The writer thread starts with the first line, so a process that
+    builds sinks and then forks workers has no thread to lose; each worker starts its own.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        flush_interval: float = 1.0,
+        flush_bytes: int = 64 * 1024,
+        max_buffer_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        if flush_interval <= 0 or flush_bytes <= 0 or max_buffer_bytes <= 0:
+            raise ValueError("flush_interval, flush_bytes and max_buffer_bytes must be > 0")
+        self.path = path
+        self._interval = flush_interval
+        self._flush_bytes = flush_bytes
+        self._max = max_buffer_bytes
+        self._owns_fd = path not in _STD_FDS
+        self._fd = (
+            os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            if self._owns_fd
+            else _STD_FDS[path]
+        )
+        mode = os.fstat(self._fd).st_mode
+        # Several worker processes may share a pipe: keep each write() whole lines <= PIPE_BUF.
+        self._pipe = stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+        self.written_lines = 0
+        self.dropped_lines = 0
+        self.dropped_bytes = 0
+        self.write_errors = 0
+        self.closed = False
+        self._reset()
+        _sinks.add(self)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()  # guards the buffer and the counters
+        self._io_lock = threading.Lock()  # one batch at a time, in order
+        self._wake = threading.Event()
+        self._lines: list[str] = []
+        self._queued = 0  # bytes in _lines
+        self._pending = 0  # bytes queued or being written: what max_buffer_bytes bounds
+        self._kicked = False
+        self._thread: threading.Thread | None = None
+
+    def write(self, line: str) -> None:
+        """Queue one line (with its newline). Drops it, counted, if the buffer is full."""
+        n = len(line)
+        lock = self._lock
+        lock.acquire()  # not "with": the context manager costs twice as much here
+        try:
+            pending = self._pending + n
+            if pending > self._max or self.closed:
+                self.dropped_lines += 1
+                self.dropped_bytes += n
+                return
+            self._lines.append(line)
+            self._pending = pending
+            self._queued += n
+            if self._queued >= self._flush_bytes and not self._kicked:
+                self._kicked = True
+                self._wake.set()
+            if self._thread is None:
+                self._start()
+        finally:
+            lock.release()
+
+    def _start(self) -> None:
+        name = f"udsproxy-accesslog {self.path}"
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def flush(self) -> None:
+        """Write everything queued so far, in the calling thread (tests, shutdown)."""
+        self._drain()
+
+    def close(self) -> None:
+        """Flush, stop the writer thread and close the file. Idempotent."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            thread = self._thread
+        self._wake.set()
+        if thread is not None:
+            thread.join(timeout=10.0)
+            if thread.is_alive():  # stuck on a pipe nobody reads; the daemon dies with us
+                _log.warning("access log writer for %s did not stop; not closing it", self.path)
+                return
+        self._drain()
+        if self._owns_fd:
+            os.close(self._fd)
+
+    def _run(self) -> None:
+        while not self.closed:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            self._drain()
+
+    def _drain(self) -> None:
+        with self._io_lock:
+            with self._lock:
+                lines, self._lines = self._lines, []
+                nbytes, self._queued, self._kicked = self._queued, 0, False
+            if not lines:
+                return
+            ok = False
+            try:
+                self._write_all("".join(lines).encode("latin-1", "udsproxy.utf8"))
+                ok = True
+            except OSError as e:
+                _log.warning("access log %s: %d lines lost: %s", self.path, len(lines), e)
+            with self._lock:
+                self._pending -= nbytes
+                if ok:
+                    self.written_lines += len(lines)
+                else:
+                    self.write_errors += 1
+                    self.dropped_lines += len(lines)
+                    self.dropped_bytes += nbytes
+
+    def _write_all(self, data: bytes) -> None:
+        view, start, end = memoryview(data), 0, len(data)
+        while start < end:
+            stop = end
+            if self._pipe and end - start > _PIPE_BUF:
+                cut = data.rfind(b"\n", start, start + _PIPE_BUF)
+                stop = cut + 1 if cut >= start else (data.find(b"\n", start + _PIPE_BUF) + 1 or end)
+            while start < stop:
+                try:
+                    start += os.write(self._fd, view[start:stop])
+                except BlockingIOError:  # someone made stdout non-blocking: wait, do not spin
+                    select.select([], [self._fd], [], 1.0)
+
+    def __repr__(self) -> str:
+        return f"<FileSink {self.path!r} written={self.written_lines} dropped={self.dropped_lines}>"
+
+
+def _after_fork_in_child() -> None:
+    # The parent's queued lines are the parent's to write, and its threads did not survive.
+    for sink in list(_sinks):
+        sink._reset()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class SinkRegistry:
+    """One ``FileSink`` per path, shared by every access log that names it (as Envoy does)."""
+
+    def __init__(
+        self,
+        *,
+        flush_interval: float = 1.0,
+        flush_bytes: int = 64 * 1024,
+        max_buffer_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        self._options = (flush_interval, flush_bytes, max_buffer_bytes)
+        self._sinks: dict[str, FileSink] = {}
+        self._lock = threading.Lock()
+
+    def get(self, path: str) -> FileSink:
+        key = path if path in _STD_FDS else os.path.abspath(path)
+        with self._lock:
+            sink = self._sinks.get(key)
+            if sink is None or sink.closed:
+                interval, flush_bytes, max_bytes = self._options
+                sink = FileSink(
+                    key,
+                    flush_interval=interval,
+                    flush_bytes=flush_bytes,
+                    max_buffer_bytes=max_bytes,
+                )
+                self._sinks[key] = sink
+            return sink
+
+    def close_all(self) -> None:
+        with self._lock:
+            sinks, self._sinks = list(self._sinks.values()), {}
+        for sink in sinks:
+            sink.close()
+
+
+class AccessLogger:
+    """One configured access log: a compiled format feeding a sink."""
+
+    __slots__ = ("_format", "_write", "errors", "formatter", "sink")
+
+    def __init__(self, formatter: Formatter, sink: FileSink) -> None:
+        self.formatter = formatter
+        self.sink = sink
+        self._format = formatter.format  # bound once: log() runs for every request
+        self._write = sink.write
+        self.errors = 0
+
+    def log(self, info: StreamInfo) -> None:
+        try:
+            self._write(self._format(info))
+        except Exception:  # a logging bug must never fail the request that is being logged
+            self.errors += 1
+            if self.errors == 1:
+                _log.exception("access log %s: formatting failed", self.sink.path)
+
+
+def build_access_loggers(
+    cfgs: Iterable[schema.AccessLog], registry: SinkRegistry
+) -> tuple[AccessLogger, ...]:
+    """Compile each config's format (raising ``FormatError``) and attach its shared sink."""
+    return tuple(AccessLogger(compile_access_log(c), registry.get(c.path)) for c in cfgs)
