@@ -473,7 +473,7 @@ async def _run(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="udsproxy-demo-"))
     nginx: Nginx | None = None
     builtin: BuiltinUpstream | None = None
-    server: Any = None
+    server: Server | None = None
     try:
         if nginx_bin is not None:
             # nginx workers run as nobody when we are root: give them a readable copy of the site.

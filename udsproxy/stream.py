@@ -248,6 +248,7 @@ class Stream(StreamInfo):
         if self.error is not None:
             self._local_reply(self.error, close=True)
             return
+        self._mutate_request_headers()
         ctx = self.ctx
         route = ctx.router.match(self.authority, self.path)
         if route is None:
@@ -280,16 +281,10 @@ class Stream(StreamInfo):
         if self.request_complete:
             self._arm_route_timeout()
 
-    def _build_head(self, route: CompiledRoute) -> bytes:
+    def _mutate_request_headers(self) -> None:
+        """What Envoy's connection manager does before routing, so every log line has it."""
         ctx = self.ctx
         headers = self.headers
-        path = self.path
-        if route.prefix_rewrite is not None:
-            new_path = route.rewrite(path)
-            if new_path != path:
-                # %REQ(:PATH)% shows what went upstream; the default format logs the original
-                headers.append((b"x-envoy-original-path", path))
-                path = self.path = new_path
         xff = self.xff
         hops = ctx.xff_num_trusted_hops
         if xff is not None and (hops or not ctx.use_remote_address):
@@ -304,6 +299,17 @@ class Stream(StreamInfo):
         if not self.request_id_seen:
             headers.append((b"x-request-id", request_id()))
         self.request_headers = headers
+
+    def _build_head(self, route: CompiledRoute) -> bytes:
+        ctx = self.ctx
+        headers = self.headers
+        path = self.path
+        if route.prefix_rewrite is not None:
+            new_path = route.rewrite(path)
+            if new_path != path:
+                # %REQ(:PATH)% shows what went upstream; the default format logs the original
+                headers.append((b"x-envoy-original-path", path))
+                path = self.path = new_path
         parts = [self.method, b" ", path, b" HTTP/1.1\r\nhost: ", self.authority, _CRLF]
         for name, value in headers:
             parts += (name, b": ", value, _CRLF)
