@@ -301,7 +301,6 @@ class Stream(StreamInfo):
         self.request_headers = headers
 
     def _build_head(self, route: CompiledRoute) -> bytes:
-        ctx = self.ctx
         headers = self.headers
         path = self.path
         if route.prefix_rewrite is not None:
