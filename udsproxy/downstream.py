@@ -164,14 +164,13 @@ class DownstreamConnection(asyncio.Protocol):
             self.active.on_downstream_write_resumed()
 
     # -- httptools callbacks -----------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self.cur = self.ctx.new_stream(self)
-        self._header_bytes = 0
-        self._header_count = 0
-
     def on_url(self, url: bytes) -> None:
+        # No on_message_begin: one callback fewer per request; the URL always comes first.
         s = self.cur
-        assert s is not None
+        if s is None:
+            s = self.cur = self.ctx.new_stream(self)
+            self._header_bytes = 0
+            self._header_count = 0
         s.url += url
         self._header_bytes += len(url)
         if self._header_bytes > self.ctx.max_header_bytes:
