@@ -16,15 +16,19 @@ __all__ = [
     "Address",
     "Bootstrap",
     "Cluster",
+    "DownstreamTls",
+    "DynamicResources",
     "Endpoint",
     "HttpConnectionManager",
     "Listener",
+    "PathConfigSource",
     "Pipe",
     "Route",
     "RouteAction",
     "RouteConfiguration",
     "RouteMatch",
     "SocketAddress",
+    "TlsCertificate",
     "UpgradeConfig",
     "VirtualHost",
 ]
@@ -142,11 +146,44 @@ class HttpConnectionManager:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TlsCertificate:
+    """One filter chain's certificate (files are read when the listener starts or reloads)."""
+
+    certificate_chain: str  # path of the PEM chain
+    private_key: str  # path of the PEM key
+    # filter_chain_match.server_names of its chain; () marks the default chain (no SNI match)
+    server_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DownstreamTls:
+    """transport_socket envoy.transport_sockets.tls with a DownstreamTlsContext, per chain."""
+
+    certificates: tuple[TlsCertificate, ...]
+    alpn_protocols: tuple[str, ...] = ("http/1.1",)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Listener:
     name: str
     address: Address
     http_connection_manager: HttpConnectionManager
     per_connection_buffer_limit_bytes: int = DEFAULT_BUFFER_LIMIT
+    tls: DownstreamTls | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PathConfigSource:
+    """cds_config/lds_config: ``path`` (legacy oneof) or ``path_config_source``."""
+
+    path: str
+    watched_directory: str | None = None  # reload when an entry here is moved to (ConfigMaps)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DynamicResources:
+    cds: PathConfigSource | None = None
+    lds: PathConfigSource | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -169,5 +206,9 @@ class Cluster:
 class Bootstrap:
     listeners: tuple[Listener, ...] = ()
     clusters: tuple[Cluster, ...] = ()
+    dynamic_resources: DynamicResources | None = None
+    # version_info of the CDS/LDS files merged into listeners/clusters ("" when none)
+    cds_version: str = ""
+    lds_version: str = ""
     # Warnings that do not stop the config (e.g. deprecated spellings accepted).
     warnings: tuple[str, ...] = field(default=(), compare=False)
