@@ -56,6 +56,8 @@ class ListenerContext:
         self.stream_idle_timeout = hcm.stream_idle_timeout
         self.listener_address = listener.address
         self.local_peer = Peer(str(listener.address), None)
+        # Host sent upstream for an HTTP/1.0 request without one (Envoy: default_host_for_http_10)
+        self.default_host = str(listener.address).encode()
         # Content-Length bodies at least this large go through splice(2); 0 turns it off.
         self.splice_min_bytes = splice_min_bytes if splice.AVAILABLE else 0
         self.draining = False  # set on shutdown: responses carry connection: close

@@ -36,6 +36,9 @@ BLOCK_UPSTREAM_WRITE = 1  # the upstream socket is backed up (slow upload)
 BLOCK_BODY_BUFFER = 2  # request body buffered while the upstream connects
 BLOCK_PIPELINE = 4  # too many pipelined requests queued
 BLOCK_DONE = 8  # no more requests will be read (error, upgrade, closing)
+BLOCK_CLIENT_WRITE = 16  # the client is not reading its responses: stop taking new requests
+
+_LINGER = 1.0  # Envoy's delayed_close_timeout: drain unread request bytes before closing
 
 _MAX_PIPELINED = 16
 
@@ -44,15 +47,25 @@ class _Reject(Exception):
     """Raised from a parser callback to stop parsing; the reply is in ``_error``."""
 
 
+class _Stop(Exception):
+    """Raised after a ``Connection: close`` request: what follows it is not a request."""
+
+
 class DownstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_block",
         "_error",
+        "_head_fed",
         "_header_bytes",
         "_header_count",
+        "_in_head",
+        "_linger",
+        "_starting",
+        "_stopped",
         "_timer",
         "_timer_when",
         "active",
+        "body_buffered",
         "closed",
         "conn_id",
         "corked",
@@ -90,9 +103,17 @@ class DownstreamConnection(asyncio.Protocol):
         self.peer_ip = b""
         self.local = ctx.local_peer
         self._block = 0
+        self.body_buffered = 0  # request body bytes held by this connection's streams
         self._error: http1.LocalReply | None = None
         self._header_bytes = 0
         self._header_count = 0
+        # raw bytes fed while a request head is incomplete: httptools only reports a header
+        # when its line ends, so a never-ending header must be cut off here (431)
+        self._head_fed = 0
+        self._in_head = True
+        self._linger: asyncio.TimerHandle | None = None
+        self._starting = False
+        self._stopped = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
 
@@ -124,18 +145,30 @@ class DownstreamConnection(asyncio.Protocol):
             self.tunnel.on_downstream_tunnel_data(data)
             return
         if self._block & BLOCK_DONE:
-            return  # after an error or upgrade request nothing more is parsed
+            return  # after an error, an upgrade or while closing nothing more is parsed
+        if self._in_head:
+            self._head_fed += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._on_upgrade_request(data[exc.args[0] :])
         except httptools.HttpParserError:
-            self._on_parse_error()
+            if self._stopped:
+                self._pause(BLOCK_DONE)
+            else:
+                self._on_parse_error()
+        else:
+            if self._in_head and self._head_fed > self.ctx.max_header_bytes:
+                self._error = http1.HEADERS_TOO_LARGE
+                self._on_parse_error()
         if self.active is None and self.queue:
             self._start_next()
 
     def eof_received(self) -> bool:
-        # A half-closed client still gets its pending responses (curl --http1.1 with -T, etc.).
+        # A half-closed client still gets its pending responses (curl --http1.1 with -T, etc.),
+        # but one that stops in the middle of a request has gone away.
+        if self._linger is not None or self.cur is not None:
+            return False
         if self.active is None and not self.queue:
             return False
         self._pause(BLOCK_DONE)
@@ -147,6 +180,9 @@ class DownstreamConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         active, self.active = self.active, None
         if active is not None:
             active.on_downstream_lost()
@@ -162,6 +198,10 @@ class DownstreamConnection(asyncio.Protocol):
         self.write_paused = False
         if self.active is not None:
             self.active.on_downstream_write_resumed()
+        if self._block & BLOCK_CLIENT_WRITE:
+            self._resume(BLOCK_CLIENT_WRITE)
+            if self.active is None and self.queue:
+                self._start_next()
 
     # -- httptools callbacks -----------------------------------------------------------------
     def on_url(self, url: bytes) -> None:
@@ -196,6 +236,8 @@ class DownstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         s = self.cur
         assert s is not None
+        self._in_head = False
+        self._head_fed = 0
         parser = self.parser
         reply = s.headers_complete(
             parser.get_method(),
@@ -218,7 +260,11 @@ class DownstreamConnection(asyncio.Protocol):
         s = self.cur
         assert s is not None
         self.cur = None
+        self._in_head = True
         s.on_request_complete()
+        if not s.keep_alive:
+            self._stopped = True  # bytes after a "Connection: close" request are not parsed
+            raise _Stop
 
     # -- errors and upgrades ---------------------------------------------------------------
     def _reject(self, reply: http1.LocalReply) -> None:
@@ -242,18 +288,38 @@ class DownstreamConnection(asyncio.Protocol):
         self.queue.append(s)
 
     def _on_upgrade_request(self, rest: bytes) -> None:
-        # llhttp stops at an Upgrade/CONNECT request; what follows belongs to the tunnel.
+        # llhttp stops at an Upgrade/CONNECT request; what follows belongs to the tunnel...
+        last = self.queue[-1] if self.queue else self.active
+        if last is not None and last.upgrade is None and not last.error:
+            # ...unless the upgrade was dropped (h2c, as Envoy does): keep parsing requests.
+            self.parser = httptools.HttpRequestParser(self)
+            if rest:
+                self.data_received(rest)
+            return
         self._pause(BLOCK_DONE)
-        if self.queue:
-            self.queue[-1].tunnel_early_data(rest)
+        if last is not None:
+            last.tunnel_early_data(rest)
 
     # -- used by Stream ----------------------------------------------------------------------
     def _start_next(self) -> None:
-        s = self.queue.popleft()
-        self.active = s
-        if self._block & BLOCK_PIPELINE and len(self.queue) <= _MAX_PIPELINED // 2:
-            self._resume(BLOCK_PIPELINE)
-        s.start()
+        """Start queued requests one after another; a loop, so a run of pipelined local
+        replies cannot recurse through stream_done."""
+        if self._starting:
+            return
+        self._starting = True
+        try:
+            while self.active is None and self.queue and self._linger is None:
+                if self.write_paused:
+                    # The client is not reading: answer nothing more until it does.
+                    self._pause(BLOCK_CLIENT_WRITE)
+                    return
+                s = self.queue.popleft()
+                self.active = s
+                if self._block & BLOCK_PIPELINE and len(self.queue) <= _MAX_PIPELINED // 2:
+                    self._resume(BLOCK_PIPELINE)
+                s.start()
+        finally:
+            self._starting = False
 
     def stream_done(self, s: Stream, close: bool) -> None:
         if self.active is s:
@@ -300,11 +366,23 @@ class DownstreamConnection(asyncio.Protocol):
                 self.transport.writelines(out)
 
     def close(self) -> None:
-        """Close after everything written so far has been sent."""
-        if self.transport is not None and not self.transport.is_closing():
-            if self.out:
-                self.uncork()
-            self.transport.close()
+        """Close after everything written so far has been sent.
+
+        Like Envoy's delayed close: send FIN, then read and discard for up to a second, so
+        unread request bytes do not make the kernel reset the response the client is reading.
+        """
+        transport = self.transport
+        if transport is None or transport.is_closing() or self._linger is not None:
+            return
+        if self.out:
+            self.uncork()
+        if self.closed or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self._linger = self.loop.call_later(_LINGER, transport.close)
+        self._block = BLOCK_DONE  # discard whatever still arrives
+        transport.resume_reading()
 
     def abort(self) -> None:
         """Reset the connection: whatever is corked is dropped, not sent."""

@@ -169,10 +169,15 @@ class Stream(StreamInfo):
         if self.http10:
             self.protocol = "HTTP/1.0"
         self.keep_alive = keep_alive
-        if not upgrade or method == b"CONNECT":
-            if method == b"CONNECT":
-                return http1.BAD_REQUEST  # CONNECT tunnels are not supported
-            self.upgrade = None
+        if method == b"CONNECT":
+            return http1.BAD_REQUEST  # CONNECT tunnels are not supported
+        if self.upgrade is not None:
+            if self.upgrade.lower() == b"h2c":
+                # Envoy's HTTP/1 codec drops h2c upgrades and proxies the plain request.
+                self.upgrade = None
+                self.nominated = [*(self.nominated or ()), b"http2-settings"]
+            elif not upgrade:
+                self.upgrade = None  # Upgrade without "Connection: upgrade" asks for nothing
         url = self.url
         self.path = url  # origin-form, or "*" for OPTIONS, goes through as is
         if url[:1] != b"/" and not (url == b"*" and method == b"OPTIONS"):
@@ -194,6 +199,7 @@ class Stream(StreamInfo):
         if self.nominated:
             drop = set(self.nominated)
             self.headers = [h for h in self.headers if h[0] not in drop]
+            self.request_id_seen = any(h[0] == b"x-request-id" for h in self.headers)
         return None
 
     def reject(self, reply: http1.LocalReply) -> None:
@@ -204,15 +210,17 @@ class Stream(StreamInfo):
         self.bytes_received += n
         up = self.upstream
         if self.retain_body:
+            conn = self.conn
             self.body.append(data)
             self.body_size += n
-            if self.body_size > self.ctx.buffer_limit:
+            conn.body_buffered += n
+            if conn.body_buffered > self.ctx.buffer_limit:
                 if up is None:
-                    # Still connecting: hold the body, but stop reading more of it.
-                    self.conn.block_reading(BLOCK_BODY_BUFFER, True)
+                    # Not sent yet (connecting, or queued behind a pipelined request): hold
+                    # the body, but read no more until it has gone upstream.
+                    conn.block_reading(BLOCK_BODY_BUFFER, True)
                 else:
-                    self.retain_body = False  # too big to replay: no retry for this one
-                    self.body = []
+                    self._drop_body()  # too big to replay: no retry for this one
         if up is not None and up.transport is not None:
             if self.req_chunked:
                 up.transport.writelines([b"%x\r\n" % n, data, _CRLF])
@@ -271,7 +279,7 @@ class Stream(StreamInfo):
         self.host = host
         self.upstream_host = host.text
         self.head = self._build_head(route)
-        if self.expect_continue and not self.request_complete:
+        if self.expect_continue and not self.request_complete and not self.http10:
             self.conn.write(_CONTINUE)
         up = host.acquire()
         if up is not None:
@@ -289,7 +297,7 @@ class Stream(StreamInfo):
         hops = ctx.xff_num_trusted_hops
         if xff is not None and (hops or not ctx.use_remote_address):
             self._trust_xff(xff, hops if ctx.use_remote_address else hops + 1)
-        if ctx.use_remote_address:
+        if ctx.use_remote_address and self.conn.peer_ip:  # only IP peers are appended
             ip = self.conn.peer_ip
             headers.append((b"x-forwarded-for", xff + b", " + ip if xff else ip))
         elif xff is not None:
@@ -309,7 +317,8 @@ class Stream(StreamInfo):
                 # %REQ(:PATH)% shows what went upstream; the default format logs the original
                 headers.append((b"x-envoy-original-path", path))
                 path = self.path = new_path
-        parts = [self.method, b" ", path, b" HTTP/1.1\r\nhost: ", self.authority, _CRLF]
+        host = self.authority or self.ctx.default_host
+        parts = [self.method, b" ", path, b" HTTP/1.1\r\nhost: ", host, _CRLF]
         for name, value in headers:
             parts += (name, b": ", value, _CRLF)
         parts.append(route.expected_timeout_header)
@@ -366,15 +375,15 @@ class Stream(StreamInfo):
                     data += (b"%x\r\n" % len(chunk), chunk, _CRLF)
             else:
                 data += self.body
-        if not self.retain_body or self.body_size > self.ctx.buffer_limit:
-            self.retain_body = False
-            self.body = []
+        if self.conn.body_buffered > self.ctx.buffer_limit:
+            self._drop_body()
         if self.request_complete:
             if self.req_chunked:
                 data.append(_LAST_CHUNK)
             self.last_upstream_tx_mono = time.monotonic()
         up.send(self, data)
-        self.conn.block_reading(BLOCK_BODY_BUFFER, False)
+        if self.conn.body_buffered <= self.ctx.buffer_limit:
+            self.conn.block_reading(BLOCK_BODY_BUFFER, False)
         if self.conn.write_paused and up.transport is not None:
             up.transport.pause_reading()
 
@@ -567,6 +576,8 @@ class Stream(StreamInfo):
         if self.done:
             return
         self.response_flags |= ResponseFlag.DC
+        if not self.response_started:
+            self.response_code_details = "downstream_remote_disconnect"
         self._drop_upstream()
         self._finish(True)
 
@@ -585,6 +596,13 @@ class Stream(StreamInfo):
 
     def on_upstream_write_resumed(self) -> None:
         self.conn.block_reading(BLOCK_UPSTREAM_WRITE, False)
+
+    def _drop_body(self) -> None:
+        if self.body_size:
+            self.conn.body_buffered -= self.body_size
+        self.retain_body = False
+        self.body = []
+        self.body_size = 0
 
     def _drop_upstream(self) -> None:
         up = self.upstream
@@ -629,5 +647,10 @@ class Stream(StreamInfo):
             return
         self.done = True
         self.end_mono = time.monotonic()
+        conn = self.conn
+        if self.body_size:
+            self._drop_body()
+        # whatever this stream paused on the client side is released with it
+        conn.block_reading(BLOCK_UPSTREAM_WRITE | BLOCK_BODY_BUFFER, False)
         self.ctx.observe(self)
-        self.conn.stream_done(self, close)
+        conn.stream_done(self, close)

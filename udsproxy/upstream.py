@@ -39,6 +39,13 @@ _DROP_RESPONSE = frozenset(
 )
 
 
+_MAX_RESPONSE_HEAD = 60 * 1024  # Envoy's max_response_headers_kb default
+
+
+class _Overrun(Exception):
+    """Raised from a parser callback: a second response started where one was expected."""
+
+
 class UpstreamConnection(asyncio.Protocol):
     """An HTTP/1.1 client connection. It parses responses and hands them to its ``stream``."""
 
@@ -46,6 +53,7 @@ class UpstreamConnection(asyncio.Protocol):
         "body_remaining",
         "closed",
         "content_length",
+        "head_fed",
         "host",
         "idle_since",
         "in_body",
@@ -86,6 +94,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.message_done = False
         self.stray_body = False
         self.body_remaining = -1  # >0: the body is relayed without the parser (see data_received)
+        self.head_fed = 0
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -172,6 +181,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.message_done = True
             stream.on_response_complete(self)
             return
+        if not self.in_body:
+            self.head_fed += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -179,9 +190,15 @@ class UpstreamConnection(asyncio.Protocol):
             stream.on_response_upgrade(self, data[exc.args[0] :])
             return
         except httptools.HttpParserError:
-            stream.on_upstream_protocol_error(self)
+            if self.message_done and not self.stray_body:
+                # Bytes after a complete response (no upstream pipelining): deliver the
+                # response, never the extra bytes, and retire the connection.
+                self.keep_alive = False
+                stream.on_response_complete(self)
+            else:
+                stream.on_upstream_protocol_error(self)
             return
-        if self.stray_body:
+        if (not self.in_body and self.head_fed > _MAX_RESPONSE_HEAD) or self.stray_body:
             stream.on_upstream_protocol_error(self)
         elif self.message_done:
             stream.on_response_complete(self)
@@ -192,6 +209,8 @@ class UpstreamConnection(asyncio.Protocol):
             stream.on_response_complete(self)
 
     def eof_received(self) -> bool:
+        if self.stream is None:
+            self.close()  # leave the pool now, before anyone can pick it
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -212,6 +231,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.stream.on_upstream_write_resumed()
 
     # -- httptools callbacks: record and relay; completion is handled after feed_data ---------
+    def on_message_begin(self) -> None:
+        if self.message_done:
+            raise _Overrun
+
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
         if name in _DROP_RESPONSE:
@@ -229,9 +252,17 @@ class UpstreamConnection(asyncio.Protocol):
         self.resp_status = status
         stream = self.stream
         assert stream is not None
+        if status == 101 and stream.upgrade is None:
+            self.stray_body = True  # a 101 nobody asked for: a protocol error, caught below
+            raise _Overrun
         if status < 200 and status != 101:
             stream.on_response_interim(self)
+            # an interim response's headers say nothing about the final one
             self.resp_headers = []
+            self.content_length = -1
+            self.resp_chunked = False
+            self.keep_alive = True
+            self.head_fed = 0
             return
         if not self.parser.should_keep_alive():
             self.keep_alive = False
@@ -312,7 +343,7 @@ class Host:
         idle = self.idle
         while idle:
             conn = idle.pop()  # most recently used first
-            if not conn.closed:
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
                 return conn
         return None
 

@@ -19,6 +19,8 @@ class FakeTransport:
         self.reading = True
         self.closed = False
         self.aborted = False
+        self.eof_sent = False
+        self.half_close = False  # True: behave like TCP (write_eof, then the delayed close)
         self.peer = peer
 
     def write(self, data: bytes | memoryview) -> None:
@@ -28,6 +30,12 @@ class FakeTransport:
     def writelines(self, data: list[bytes]) -> None:
         for d in data:
             self.write(d)
+
+    def can_write_eof(self) -> bool:
+        return self.half_close
+
+    def write_eof(self) -> None:
+        self.eof_sent = True
 
     def pause_reading(self) -> None:
         self.reading = False
@@ -91,6 +99,9 @@ class FakeLoop:
 
     def time(self) -> float:
         return self.now
+
+    def call_later(self, delay: float, cb: Callable[[], None]) -> FakeTimer:
+        return self.call_at(self.now + delay, cb)
 
     def call_at(self, when: float, cb: Callable[[], None]) -> FakeTimer:
         t = FakeTimer(when, cb)

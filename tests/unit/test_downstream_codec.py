@@ -281,3 +281,55 @@ def test_untrusted_xfp_is_overwritten(make):
     h = make(use_remote_address=True)
     h.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: https\r\n\r\n")
     assert b"x-forwarded-proto: http\r\n" in upstream_head(h)
+
+
+def test_close_half_closes_then_drains_for_a_second(make):
+    h = make()
+    h.transport.half_close = True
+    h.feed(b"POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\nX: a\x00\r\n\r\n")
+    assert h.transport.take().startswith(b"HTTP/1.1 400 ")
+    assert h.transport.eof_sent and not h.transport.closed
+    h.feed(b"x" * 50)  # late request bytes are read and dropped, not answered
+    assert h.transport.buffer == b""
+    h.loop.advance(1.1)
+    assert h.transport.closed
+
+
+def test_never_ending_header_is_cut_at_the_limit(make):
+    h = make(max_request_headers_kb=1)
+    h.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX: ")
+    for _ in range(3):
+        h.feed(b"a" * 512)
+    assert h.transport.take().startswith(b"HTTP/1.1 431 ")
+    assert h.transport.closed
+
+
+def test_many_pipelined_local_replies_do_not_recurse(make):
+    routes = (
+        schema.Route(
+            match=schema.RouteMatch(path="/only"), route=schema.RouteAction(cluster="hugo")
+        ),
+    )
+    h = make(routes=routes)
+    h.feed(b"GET /x HTTP/1.1\r\nHost: example.com\r\n\r\n" * 600)
+    assert h.transport.take().count(b"HTTP/1.1 404 Not Found") == 600
+
+
+def test_bytes_after_connection_close_request_are_ignored(make):
+    h = make()
+    h.feed(
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    assert not h.conn.queue
+    assert len(h.recorder.infos) == 0  # no phantom stream
+
+
+def test_h2c_upgrade_is_stripped_and_request_proxied(make):
+    h = make()
+    h.feed(
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+        b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n"
+    )
+    head = upstream_head(h).lower()
+    assert b"upgrade" not in head and b"http2-settings" not in head
+    assert [s.path for s in h.conn.queue] == [b"/2"]

@@ -217,3 +217,50 @@ def test_slow_client_pauses_upstream_reads(pair):
     assert not p.up_transport.reading
     p.h.conn.resume_writing()
     assert p.up_transport.reading
+
+
+def test_second_response_in_the_same_read_is_never_relayed(pair):
+    p = pair()
+    out = p.respond(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nevil!",
+        "whole",
+    )
+    assert out.endswith(b"\r\n\r\nok")
+    assert b"evil" not in out
+    assert p.info.response_code == 200 and p.info.response_flags == 0
+    assert p.up.closed and not p.host.idle
+
+
+def test_interim_response_headers_do_not_leak_into_the_final_one(pair):
+    p = pair()
+    out = p.respond(
+        b"HTTP/1.1 103 Early Hints\r\nContent-Length: 5\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "whole",
+    )
+    final = out.split(b"HTTP/1.1 200 OK\r\n", 1)[1]
+    assert b"content-length" not in final and b"transfer-encoding: chunked" in final
+
+
+def test_unrequested_101_is_a_protocol_error(pair):
+    p = pair()
+    out = p.respond(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n", "whole")
+    assert out.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+    assert p.info.response_flags == ResponseFlag.UPE
+
+
+def test_upload_backpressure_is_released_when_the_stream_ends(pair):
+    p = pair(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nbody")
+    p.up.pause_writing()  # the upstream socket backs up
+    assert not p.h.transport.reading
+    p.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", "whole")
+    assert p.h.transport.reading  # the next request on this connection can be read
+
+
+def test_idle_connection_that_saw_eof_is_not_handed_out(pair):
+    p = pair()
+    p.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", "whole")
+    assert list(p.host.idle) == [p.up]
+    p.up.eof_received()
+    assert p.host.acquire() is None
