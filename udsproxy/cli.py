@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
+import os
 import sys
 
 from udsproxy import __version__
@@ -26,7 +25,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config-yaml", help="bootstrap as an inline YAML string")
     p.add_argument("--mode", choices=("serve", "validate"), default="serve")
     p.add_argument("-l", "--log-level", choices=_LEVELS, default="info")
-    p.add_argument("--drain-time-s", type=float, default=5.0, help="graceful stop budget")
+    p.add_argument(
+        "--drain-time-s",
+        type=float,
+        default=5.0,
+        help="on SIGTERM/SIGINT, how long requests in flight may take to finish (default 5)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=0,
+        help="worker processes (default: the number of cores; 1 serves in this process)",
+    )
     p.add_argument(
         "--splice-min-bytes",
         type=int,
@@ -53,18 +63,24 @@ def main(argv: list[str] | None = None) -> int:
         from udsproxy.demo import main as demo_main
 
         return demo_main(args_list[1:])
+    if args_list[:1] == ["bench"]:
+        from udsproxy.bench import main as bench_main
+
+        return bench_main(args_list[1:])
     args = _parser().parse_args(args_list)
     _setup_logging(args.log_level)
     if not args.config_path and not args.config_yaml:
         print("udsproxy: one of -c/--config-path or --config-yaml is required", file=sys.stderr)
         return 2
-    from udsproxy.config.load import load_config
+    from udsproxy.config.load import load_and_resolve
 
+    source = args.config_yaml if args.config_yaml else args.config_path
+    name = args.config_path or "--config-yaml"
     try:
-        bootstrap = load_config(args.config_yaml if args.config_yaml else args.config_path)
+        # dynamic CDS/LDS files are read and checked too, as `envoy --mode validate` does
+        bootstrap = load_and_resolve(source)
     except ConfigError as exc:
-        source = args.config_path or "--config-yaml"
-        print(f"error initializing configuration '{source}':\n{exc.render()}", file=sys.stderr)
+        print(f"error initializing configuration '{name}':\n{exc.render()}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"error reading configuration: {exc}", file=sys.stderr)
@@ -72,32 +88,20 @@ def main(argv: list[str] | None = None) -> int:
     for warning in bootstrap.warnings:
         print(f"udsproxy: warning: {warning}", file=sys.stderr)
     if args.mode == "validate":
-        print(f"configuration '{args.config_path or '--config-yaml'}' OK")
+        print(f"configuration '{name}' OK")
         return 0
-    import uvloop
+    from udsproxy.server import DEFAULT_SPLICE_MIN_BYTES
+    from udsproxy.supervisor import run_workers, serve
 
+    splice = DEFAULT_SPLICE_MIN_BYTES if args.splice_min_bytes is None else args.splice_min_bytes
+    concurrency = args.concurrency or os.cpu_count() or 1
     try:
-        uvloop.run(_serve(bootstrap, args.drain_time_s, args.splice_min_bytes))
+        if concurrency == 1:
+            import uvloop
+
+            uvloop.run(serve(source, drain_time=args.drain_time_s, splice_min_bytes=splice))
+            return 0
+        return run_workers(source, bootstrap, concurrency, args.drain_time_s, splice)
     except OSError as exc:
         print(f"udsproxy: cannot start: {exc}", file=sys.stderr)
         return 1
-    return 0
-
-
-async def _serve(bootstrap: object, drain_time: float, splice_min: int | None) -> None:
-    from udsproxy.config.schema import Bootstrap
-    from udsproxy.server import DEFAULT_SPLICE_MIN_BYTES, Server
-
-    assert isinstance(bootstrap, Bootstrap)
-    server = await Server.start(
-        bootstrap,
-        announce=True,
-        splice_min_bytes=DEFAULT_SPLICE_MIN_BYTES if splice_min is None else splice_min,
-    )
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    logging.getLogger("udsproxy").info("shutting down (drain %.1fs)", drain_time)
-    await server.stop(timeout=drain_time)

@@ -55,6 +55,7 @@ class ListenerContext:
         self.idle_timeout = hcm.idle_timeout
         self.stream_idle_timeout = hcm.stream_idle_timeout
         self.listener_address = listener.address
+        self.scheme = b"https" if listener.tls is not None else b"http"
         self.local_peer = Peer(str(listener.address), None)
         # Host sent upstream for an HTTP/1.0 request without one (Envoy: default_host_for_http_10)
         self.default_host = str(listener.address).encode()
@@ -75,6 +76,14 @@ class ListenerContext:
         task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def drain(self) -> None:
+        """Stop keeping connections alive: idle ones close now, busy ones after their response
+        (which carries ``connection: close``)."""
+        self.draining = True
+        for conn in list(self.connections):
+            if conn.active is None and not conn.queue and conn.tunnel is None:
+                conn.close()
 
     def next_connection_id(self) -> int:
         self._next_id += 1

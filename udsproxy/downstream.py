@@ -326,7 +326,7 @@ class DownstreamConnection(asyncio.Protocol):
             self.active = None
         if self.closed:
             return
-        if close:
+        if close or self.ctx.draining:
             self.close()
             return
         if self.queue:

@@ -1,17 +1,24 @@
 """The embedding API: start a proxy from a config on the running loop, report where it listens,
-stop it gracefully.
+reload it, stop it gracefully.
 
     server = await Server.start("proxy.yaml")     # or a dict, YAML text, or a Bootstrap
     host, port = server.address()                  # port_value: 0 binds an ephemeral port
+    await server.reload()                          # re-read the files; keep serving on error
     await server.stop()
+
+A reload builds everything new before it swaps anything. Listeners whose address is unchanged
+keep their socket (no connection is refused during the swap); requests in flight keep the
+routes and cluster they started with; connections of a replaced listener config finish their
+current request and close; replaced clusters close their idle pool and retire busy connections
+as they finish.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
-import functools
 import logging
 import os
 import socket
@@ -22,12 +29,14 @@ from typing import Any
 
 from udsproxy.accesslog.sink import SinkRegistry, build_access_loggers
 from udsproxy.config import schema
-from udsproxy.config.load import load_config
+from udsproxy.config.load import load_and_resolve
 from udsproxy.context import ListenerContext
 from udsproxy.downstream import DownstreamConnection
+from udsproxy.errors import ConfigError
+from udsproxy.tls import TlsContexts
 from udsproxy.upstream import Cluster
 
-__all__ = ["Server"]
+__all__ = ["DEFAULT_SPLICE_MIN_BYTES", "Server"]
 
 log = logging.getLogger("udsproxy.server")
 
@@ -38,24 +47,54 @@ DEFAULT_SPLICE_MIN_BYTES = 256 * 1024
 ConfigSource = schema.Bootstrap | Mapping[str, Any] | str | os.PathLike[str]
 
 
+class _ListenerSlot:
+    """A bound listener. Its socket outlives reloads; ``ctx`` is swapped under it."""
+
+    def __init__(self, config: schema.Listener, ctx: ListenerContext) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.old: list[ListenerContext] = []  # replaced contexts still draining connections
+        self.server: asyncio.AbstractServer | None = None
+        self.tls: TlsContexts | None = TlsContexts(config.tls) if config.tls else None
+        self.bound: tuple[str, int] | str = ""
+        self.owns_path = True  # an inherited pipe socket belongs to the supervisor
+
+    def new_connection(self) -> DownstreamConnection:
+        return DownstreamConnection(self.ctx)
+
+    def contexts(self) -> list[ListenerContext]:
+        return [self.ctx, *self.old]
+
+
 class Server:
     def __init__(
         self,
         bootstrap: schema.Bootstrap,
         loop: asyncio.AbstractEventLoop,
+        *,
+        source: ConfigSource | None = None,
         splice_min_bytes: int = DEFAULT_SPLICE_MIN_BYTES,
+        reuse_port: bool = False,
+        inherited: Mapping[str, socket.socket] | None = None,
+        announce: bool = False,
     ) -> None:
         self.bootstrap = bootstrap
-        self.splice_min_bytes = splice_min_bytes
         self.loop = loop
+        self.source = source
+        self.splice_min_bytes = splice_min_bytes
+        self.reuse_port = reuse_port
+        self.inherited = dict(inherited or {})
+        self.announce = announce
         self.sinks = SinkRegistry()
-        self.clusters = {c.name: Cluster(c, loop) for c in bootstrap.clusters}
-        self.contexts: list[ListenerContext] = []
-        self.addresses: dict[str, tuple[str, int] | str] = {}
-        self._servers: list[asyncio.AbstractServer] = []
+        self.clusters: dict[str, Cluster] = {}
+        self.slots: dict[str, _ListenerSlot] = {}
+        # Envoy's names; the admin issue publishes them.
+        self.stats: collections.Counter[str] = collections.Counter()
+        self._reload_lock = asyncio.Lock()
         self._stopped = asyncio.Event()
         self._stopping = False
 
+    # -- start -------------------------------------------------------------------------------
     @classmethod
     async def start(
         cls,
@@ -63,85 +102,222 @@ class Server:
         *,
         announce: bool = False,
         splice_min_bytes: int = DEFAULT_SPLICE_MIN_BYTES,
+        reuse_port: bool = False,
+        inherited: Mapping[str, socket.socket] | None = None,
     ) -> Server:
         """Build and bind everything; raises ConfigError or OSError before serving anything.
 
-        ``splice_min_bytes=0`` keeps every body on the Python relay path.
+        ``config`` may be a path (re-read by ``reload()``), YAML text, a dict or a Bootstrap.
+        Dynamic CDS/LDS files named in it are read too. ``splice_min_bytes=0`` keeps every
+        body on the Python relay path.
         """
-        bootstrap = config if isinstance(config, schema.Bootstrap) else load_config(config)
-        server = cls(bootstrap, asyncio.get_running_loop(), splice_min_bytes)
+        bootstrap = load_and_resolve(config)
+        server = cls(
+            bootstrap,
+            asyncio.get_running_loop(),
+            source=config,
+            splice_min_bytes=splice_min_bytes,
+            reuse_port=reuse_port,
+            inherited=inherited,
+            announce=announce,
+        )
         try:
-            for listener in bootstrap.listeners:
-                await server._start_listener(listener, announce)
+            await server._apply(bootstrap)
         except BaseException:
             await server.stop(timeout=0)
             raise
+        server._record_versions(bootstrap)
         return server
-
-    async def _start_listener(self, listener: schema.Listener, announce: bool) -> None:
-        loggers = build_access_loggers(listener.http_connection_manager.access_log, self.sinks)
-        ctx = ListenerContext(listener, self.clusters, loggers, self.loop, self.splice_min_bytes)
-        factory = functools.partial(DownstreamConnection, ctx)
-        address = listener.address
-        bound: tuple[str, int] | str
-        if isinstance(address, schema.SocketAddress):
-            srv = await self.loop.create_server(
-                factory,
-                address.address,
-                address.port_value,
-                reuse_address=True,
-                backlog=_BACKLOG,
-            )
-            name = srv.sockets[0].getsockname()
-            bound = (name[0], name[1])
-            text = str(schema.SocketAddress(address=name[0], port_value=name[1]))
-        else:
-            sock = _bind_unix(address)
-            srv = await self.loop.create_unix_server(factory, sock=sock, backlog=_BACKLOG)
-            bound = text = address.path
-        self.contexts.append(ctx)
-        self._servers.append(srv)
-        self.addresses[listener.name] = bound
-        if announce:
-            print(f"udsproxy: listener '{listener.name}' listening on {text}", file=sys.stderr)
-            sys.stderr.flush()
 
     def address(self, listener: str | None = None) -> tuple[str, int]:
         """The bound TCP address of the named (or first) listener."""
-        name = listener if listener is not None else next(iter(self.addresses))
-        bound = self.addresses[name]
+        name = listener if listener is not None else next(iter(self.slots))
+        bound = self.slots[name].bound
         if isinstance(bound, str):
             raise ValueError(f"listener '{name}' is a pipe: {bound}")
         return bound
 
+    @property
+    def addresses(self) -> dict[str, tuple[str, int] | str]:
+        return {name: slot.bound for name, slot in self.slots.items()}
+
+    # -- reload ------------------------------------------------------------------------------
+    async def reload(self, reason: str = "reload") -> bool:
+        """Re-read the bootstrap source and its dynamic files; apply them if they are valid.
+
+        On any error the running config stays, the error is logged with its YAML path and
+        counted (``*.update_rejected``). Returns whether the new config is in effect.
+        """
+        async with self._reload_lock:
+            if self._stopping:
+                return False
+            dyn = self.bootstrap.dynamic_resources
+            kinds = [k for k, src in (("cds", dyn and dyn.cds), ("lds", dyn and dyn.lds)) if src]
+            for kind in kinds:
+                self.stats[_manager(kind) + ".update_attempt"] += 1
+            source = self.source if self.source is not None else self.bootstrap
+            try:
+                # Parsing and validating is CPU work: a thread keeps the loop answering.
+                new = await asyncio.to_thread(load_and_resolve, source)
+                await self._apply(new)
+            except (ConfigError, OSError) as exc:
+                text = exc.render() if isinstance(exc, ConfigError) else str(exc)
+                log.error("%s rejected; the running config stays:\n%s", reason, text)
+                for kind in kinds or ["cds", "lds"]:
+                    self.stats[_manager(kind) + ".update_rejected"] += 1
+                return False
+            for kind in kinds:
+                self.stats[_manager(kind) + ".update_success"] += 1
+            self._record_versions(new)
+            log.info(
+                "%s applied (%d listeners, %d clusters)",
+                reason,
+                len(self.slots),
+                len(self.clusters),
+            )
+            return True
+
+    def _record_versions(self, bootstrap: schema.Bootstrap) -> None:
+        self.bootstrap = bootstrap
+        for kind, version in (("cds", bootstrap.cds_version), ("lds", bootstrap.lds_version)):
+            # Envoy's `version` stat is a hash of version_info; we keep the text beside it.
+            self.stats[_manager(kind) + ".version"] = _version_number(version)
+        for warning in bootstrap.warnings:
+            log.warning("%s", warning)
+
+    async def _apply(self, new: schema.Bootstrap) -> None:
+        """Build every new piece first (binding new sockets may fail), then swap."""
+        old_clusters = self.clusters
+        clusters: dict[str, Cluster] = {}
+        for cconf in new.clusters:
+            old = old_clusters.get(cconf.name)
+            keep = old is not None and old.config == cconf
+            clusters[cconf.name] = old if old is not None and keep else Cluster(cconf, self.loop)
+        fresh: dict[str, _ListenerSlot] = {}  # listeners that need a new socket
+        try:
+            for config in new.listeners:
+                slot = self.slots.get(config.name)
+                if slot is None or slot.config.address != config.address:
+                    fresh[config.name] = await self._start_slot(config, clusters)
+                elif (slot.tls is None) != (config.tls is None):
+                    raise ConfigError(
+                        [
+                            (
+                                f"listener '{config.name}'",
+                                "TLS cannot be switched on or off in place;"
+                                " give the listener a new name or address",
+                            )
+                        ]
+                    )
+                elif config.tls is not None and slot.tls is not None:
+                    slot.tls.load(config.tls)  # new certificates for new handshakes
+        except BaseException:
+            for slot in fresh.values():
+                await self._close_slot(slot)
+            raise
+        # Swap: nothing below can fail on the config.
+        self.clusters = clusters
+        wanted = {c.name for c in new.listeners}
+        for name in [n for n in self.slots if n not in wanted or n in fresh]:
+            log.info("listener '%s' removed or moved: draining", name)
+            await self._close_slot(self.slots.pop(name))
+        self.slots.update(fresh)
+        for config in new.listeners:
+            slot = self.slots[config.name]
+            if config.name in fresh:
+                continue
+            if slot.config == config:
+                slot.ctx.clusters = clusters  # same routes: new requests see the new clusters
+            else:
+                old_ctx = slot.ctx
+                slot.ctx = self._context(config, clusters)
+                slot.config = config
+                old_ctx.drain()  # its connections finish their request and close
+                slot.old = [c for c in slot.old if c.connections] + [old_ctx]
+        for name, cluster in old_clusters.items():
+            if clusters.get(name) is not cluster:
+                cluster.drain()
+
+    def _context(self, config: schema.Listener, clusters: dict[str, Cluster]) -> ListenerContext:
+        loggers = build_access_loggers(config.http_connection_manager.access_log, self.sinks)
+        return ListenerContext(config, clusters, loggers, self.loop, self.splice_min_bytes)
+
+    async def _start_slot(
+        self, config: schema.Listener, clusters: dict[str, Cluster]
+    ) -> _ListenerSlot:
+        slot = _ListenerSlot(config, self._context(config, clusters))
+        address = config.address
+        ssl_ctx = slot.tls.front if slot.tls is not None else None
+        inherited = self.inherited.pop(config.name, None)
+        slot.owns_path = inherited is None
+        if isinstance(address, schema.SocketAddress):
+            if inherited is not None:
+                srv = await self.loop.create_server(
+                    slot.new_connection, sock=inherited, backlog=_BACKLOG, ssl=ssl_ctx
+                )
+            else:
+                srv = await self.loop.create_server(
+                    slot.new_connection,
+                    address.address,
+                    address.port_value,
+                    reuse_address=True,
+                    reuse_port=self.reuse_port or None,
+                    backlog=_BACKLOG,
+                    ssl=ssl_ctx,
+                )
+            name = srv.sockets[0].getsockname()
+            slot.bound = (name[0], name[1])
+            text = str(schema.SocketAddress(address=name[0], port_value=name[1]))
+        else:
+            sock = inherited if inherited is not None else bind_unix(address)
+            srv = await self.loop.create_unix_server(
+                slot.new_connection, sock=sock, backlog=_BACKLOG, ssl=ssl_ctx
+            )
+            slot.bound = text = address.path
+        slot.server = srv
+        if self.announce:
+            print(f"udsproxy: listener '{config.name}' listening on {text}", file=sys.stderr)
+            sys.stderr.flush()
+        return slot
+
+    async def _close_slot(self, slot: _ListenerSlot) -> None:
+        if slot.server is not None:
+            slot.server.close()
+        for ctx in slot.contexts():
+            ctx.drain()
+        address = slot.config.address
+        if isinstance(address, schema.Pipe) and not address.abstract and slot.owns_path:
+            _unlink_quietly(address.path)
+
+    # -- stop --------------------------------------------------------------------------------
     async def serve_forever(self) -> None:
         await self._stopped.wait()
 
     async def stop(self, timeout: float = 5.0) -> None:
-        """Stop accepting, let requests in flight finish (up to ``timeout``), then close all."""
+        """Stop accepting, let requests in flight finish (up to ``timeout``; their responses
+        carry ``connection: close``), close idle connections, then close what is left and
+        count it (``server.drain_forced_close``)."""
         if self._stopping:
             await self._stopped.wait()
             return
         self._stopping = True
-        for srv in self._servers:
-            srv.close()
-        for ctx in self.contexts:
-            ctx.draining = True
-            for conn in list(ctx.connections):
-                if conn.active is None and not conn.queue and conn.tunnel is None:
-                    conn.close()
+        for slot in list(self.slots.values()):
+            await self._close_slot(slot)
+        contexts = [ctx for slot in self.slots.values() for ctx in slot.contexts()]
         deadline = self.loop.time() + timeout
-        while self.loop.time() < deadline and any(ctx.connections for ctx in self.contexts):
+        while self.loop.time() < deadline and any(ctx.connections for ctx in contexts):
             await asyncio.sleep(0.02)
-        for ctx in self.contexts:
+        forced = 0
+        for ctx in contexts:
             for conn in list(ctx.connections):
+                forced += 1
                 conn.abort()
+        if forced:
+            self.stats["server.drain_forced_close"] += forced
+            log.warning("drain time over: closed %d connection(s) still open", forced)
         for cluster in self.clusters.values():
             cluster.close()
         await asyncio.sleep(0)  # let transports run connection_lost
-        for ctx in self.contexts:
-            if isinstance(ctx.listener_address, schema.Pipe) and not ctx.listener_address.abstract:
-                _unlink_quietly(ctx.listener_address.path)
         self.sinks.close_all()
         self._stopped.set()
 
@@ -157,7 +333,18 @@ class Server:
         await self.stop()
 
 
-def _bind_unix(address: schema.Pipe) -> socket.socket:
+def _manager(kind: str) -> str:
+    return "cluster_manager.cds" if kind == "cds" else "listener_manager.lds"
+
+
+def _version_number(version: str) -> int:
+    """A stable number for a version_info text (Envoy publishes a hash)."""
+    import zlib
+
+    return zlib.crc32(version.encode()) if version else 0
+
+
+def bind_unix(address: schema.Pipe) -> socket.socket:
     """Bind a pipe listener; a stale socket file (nobody listening) is replaced."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

@@ -302,7 +302,7 @@ class Stream(StreamInfo):
             headers.append((b"x-forwarded-for", xff + b", " + ip if xff else ip))
         elif xff is not None:
             headers.append((b"x-forwarded-for", xff))
-        trusted_xfp = self.xfp if hops and self.xfp is not None else b"http"
+        trusted_xfp = self.xfp if hops and self.xfp is not None else ctx.scheme
         headers.append((b"x-forwarded-proto", trusted_xfp))
         if not self.request_id_seen:
             headers.append((b"x-request-id", request_id()))

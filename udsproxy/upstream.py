@@ -349,7 +349,7 @@ class Host:
 
     def release(self, conn: UpstreamConnection) -> None:
         conn.stream = None
-        if not conn.reusable:
+        if not conn.reusable or self.cluster.draining:
             conn.close()
             return
         if conn.transport is not None and conn.transport.is_reading() is False:
@@ -418,7 +418,9 @@ class Cluster:
     __slots__ = (
         "_rr",
         "buffer_limit",
+        "config",
         "connect_timeout",
+        "draining",
         "hosts",
         "idle_timeout",
         "loop",
@@ -427,6 +429,8 @@ class Cluster:
     )
 
     def __init__(self, config: schema.Cluster, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.draining = False  # replaced by a reload: connections retire as they finish
         self.name = config.name
         self.loop = loop
         self.connect_timeout = config.connect_timeout
@@ -443,6 +447,10 @@ class Cluster:
         i = self._rr
         self._rr = i + 1 if i + 1 < len(hosts) else 0
         return hosts[i]
+
+    def drain(self) -> None:
+        self.draining = True
+        self.close()
 
     def close(self) -> None:
         for host in self.hosts:

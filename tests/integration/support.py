@@ -694,6 +694,8 @@ class ProxyProcess:
             "udsproxy",
             "--config-yaml",
             yaml.safe_dump(config, sort_keys=False),
+            # one process unless a test asks for workers: its pid is the serving process
+            *(() if "--concurrency" in extra_args else ("--concurrency", "1")),
             *extra_args,
         ]
         self.proc: subprocess.Popen[str] | None = None

@@ -11,37 +11,48 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Collection, Mapping, Sequence
-from typing import Any
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from typing import Any, Literal, NamedTuple
 
 from udsproxy.config.schema import (
     AccessLog,
     Address,
     Bootstrap,
     Cluster,
+    DownstreamTls,
+    DynamicResources,
     Endpoint,
     HttpConnectionManager,
     Listener,
+    PathConfigSource,
     Pipe,
     Route,
     RouteAction,
     RouteConfiguration,
     RouteMatch,
     SocketAddress,
+    TlsCertificate,
     UpgradeConfig,
     VirtualHost,
 )
 from udsproxy.config.validate import entry, item, join
 from udsproxy.errors import ConfigError
 
-__all__ = ["REFUSED", "convert"]
+__all__ = [
+    "REFUSED", "Converted", "certificate_paths", "convert", "convert_resources",
+    "route_cluster_refs",
+]  # fmt: skip
 
 HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER = "envoy.extensions.filters.http.router.v3.Router"
 ROUTER_NAME = "envoy.filters.http.router"
 FILE_ACCESS_LOG = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
 UPSTREAM_HTTP = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+DOWNSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+TLS_INSPECTOR = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+TLS_INSPECTOR_NAME = "envoy.filters.listener.tls_inspector"
 REFUSED = "not supported by udsproxy"
+_ALPN_PATH = "typed_config.common_tls_context.alpn_protocols"
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes including the NUL
 
 Node = Mapping[str, Any]
@@ -77,9 +88,11 @@ class _Converter:
     # --- bootstrap -------------------------------------------------------------------------------
 
     def bootstrap(self, root: Node) -> Bootstrap:
-        self.only(root, "", ("static_resources", "node"))  # node is identity only: harmless
+        # node is identity only: harmless
+        self.only(root, "", ("static_resources", "dynamic_resources", "node"))
         static = root.get("static_resources", {})
         self.only(static, "static_resources", ("listeners", "clusters"))
+        dynamic = self.dynamic_resources(root.get("dynamic_resources"), "dynamic_resources")
         listeners_path = "static_resources.listeners"
         listeners = [
             self.listener(node, item(listeners_path, i))
@@ -90,25 +103,88 @@ class _Converter:
             self.cluster(node, item(clusters_path, i))
             for i, node in enumerate(static.get("clusters", []))
         ]
-        self.unique([x.name if x else None for x in listeners], listeners_path, "listener")
-        cluster_names = self.unique([x.name for x in clusters], clusters_path, "cluster")
-        for path, name in self.route_clusters:
-            if name not in cluster_names:
-                self.error(path, f"unknown cluster '{name}'")
+        self.check_listeners([(item(listeners_path, i), x) for i, x in enumerate(listeners)])
+        cluster_names = self.unique(
+            [(item(clusters_path, i), x.name) for i, x in enumerate(clusters)], "cluster"
+        )
+        if dynamic is None or dynamic.cds is None:
+            # With CDS, routes may name its clusters: dynamic.resolve checks the merged set.
+            self.check_route_clusters(cluster_names)
         return Bootstrap(
             listeners=tuple(x for x in listeners if x is not None),
             clusters=tuple(clusters),
+            dynamic_resources=dynamic,
             warnings=tuple(self.warnings),
         )
 
-    def unique(self, names: list[str | None], path: str, what: str) -> set[str]:
+    def check_route_clusters(self, cluster_names: Collection[str]) -> None:
+        for path, name in self.route_clusters:
+            if name not in cluster_names:
+                self.error(path, f"unknown cluster '{name}'")
+
+    def check_listeners(self, listeners: Sequence[tuple[str, Listener | None]]) -> None:
+        """Listener names and addresses are unique (Envoy refuses a duplicate address)."""
+        self.unique([(path, x.name if x else None) for path, x in listeners], "listener")
+        seen: dict[Address, str] = {}
+        for path, listener in listeners:
+            if listener is None:
+                continue
+            if listener.address in seen:
+                message = f"{listener.address} is already the address of listener"
+                self.error(join(path, "address"), f"{message} '{seen[listener.address]}'")
+            seen.setdefault(listener.address, listener.name)
+
+    def unique(self, names: Sequence[tuple[str, str | None]], what: str) -> set[str]:
+        """Report every repeated name (at ``<path>.name``); return the set of names."""
         seen: set[str] = set()
-        for i, name in enumerate(names):
+        for path, name in names:
             if name is not None and name in seen:
-                self.error(join(item(path, i), "name"), f"duplicate {what} name '{name}'")
+                self.error(join(path, "name"), f"duplicate {what} name '{name}'")
             if name is not None:
                 seen.add(name)
         return seen
+
+    # --- dynamic resources -----------------------------------------------------------------------
+
+    def dynamic_resources(self, node: Node | None, path: str) -> DynamicResources | None:
+        if node is None:
+            return None
+        self.only(node, path, ("cds_config", "lds_config"))
+        cds = self.config_source(node.get("cds_config"), join(path, "cds_config"))
+        lds = self.config_source(node.get("lds_config"), join(path, "lds_config"))
+        return DynamicResources(cds=cds, lds=lds)
+
+    def config_source(self, node: Node | None, path: str) -> PathConfigSource | None:
+        """A file-based ConfigSource. Its files are read by ``dynamic.resolve``, not here."""
+        if node is None:
+            return None
+        # initial_fetch_timeout is accepted: a file is read at once, so it can never expire.
+        implemented = (
+            "path",
+            "path_config_source",
+            "resource_api_version",
+            "initial_fetch_timeout",
+        )
+        for key in node:
+            if key not in implemented:
+                self.refuse(join(path, key), note="only path and path_config_source")
+        self.check_value(node, "resource_api_version", path, ("V3",))
+        if "path" in node:
+            self.deprecated(join(path, "path"), "path_config_source.path")
+            return PathConfigSource(path=node["path"])
+        if "path_config_source" not in node:
+            return None  # another source: refused above, or none: reported by validate
+        source_path = join(path, "path_config_source")
+        source = node["path_config_source"]
+        self.only(source, source_path, ("path", "watched_directory"))
+        watched = source.get("watched_directory")
+        if watched is not None:
+            # watch_modify (reload on in-place writes too) is what udsproxy always does.
+            self.only(watched, join(source_path, "watched_directory"), ("path", "watch_modify"))
+        return PathConfigSource(
+            path=source.get("path", ""),
+            watched_directory=None if watched is None else watched.get("path", ""),
+        )
 
     # --- addresses -------------------------------------------------------------------------------
 
@@ -157,38 +233,122 @@ class _Converter:
     # --- listeners -------------------------------------------------------------------------------
 
     def listener(self, node: Node, path: str) -> Listener | None:
-        self.only(
-            node, path, ("name", "address", "filter_chains", "per_connection_buffer_limit_bytes")
-        )
+        fields = (
+            "name", "address", "filter_chains", "per_connection_buffer_limit_bytes",
+            "listener_filters",
+        )  # fmt: skip
+        self.only(node, path, fields)
         address = None
         if "address" not in node:
             self.error(join(path, "address"), "is required")
         else:
             address = self.address(node["address"], join(path, "address"), listener=True)
-        hcm = self.filter_chains(node.get("filter_chains", []), join(path, "filter_chains"))
+        self.listener_filters(node.get("listener_filters", []), join(path, "listener_filters"))
+        hcm, tls = self.filter_chains(node.get("filter_chains", []), join(path, "filter_chains"))
         if address is None or hcm is None:
             return None
         kw: dict[str, Any] = _pick(node, "per_connection_buffer_limit_bytes")
         # Envoy names unnamed listeners with a UUID; the address is as unique and more readable.
         name = node.get("name") or str(address)
-        return Listener(name=name, address=address, http_connection_manager=hcm, **kw)
+        return Listener(name=name, address=address, http_connection_manager=hcm, tls=tls, **kw)
 
-    def filter_chains(self, chains: list[Node], path: str) -> HttpConnectionManager | None:
-        if len(chains) > 1:
-            self.refuse(path, "more than one filter chain")
+    def listener_filters(self, filters: list[Node], path: str) -> None:
+        """Only the TLS inspector, which Envoy needs for SNI and udsproxy's TLS does anyway."""
+        for i, node in enumerate(filters):
+            filter_path = item(path, i)
+            config = node.get("typed_config", {})
+            kind = config.get("@type")
+            if kind == TLS_INSPECTOR or (kind is None and node.get("name") == TLS_INSPECTOR_NAME):
+                self.only(node, filter_path, ("name", "typed_config"))
+                self.only(config, join(filter_path, "typed_config"), ())
+            else:
+                self.refuse(filter_path, f"listener filter '{kind or node.get('name') or ''}'")
+
+    def filter_chains(
+        self, chains: list[Node], path: str
+    ) -> tuple[HttpConnectionManager | None, DownstreamTls | None]:
+        """One plain-text filter chain, or TLS chains that differ only in their certificate and
+        filter_chain_match.server_names (SNI); the chain without server_names is the default."""
         if not chains:
             self.error(path, "one filter chain with an http_connection_manager is required")
-            return None
-        chain_path = item(path, 0)
-        self.only(chains[0], chain_path, ("filters",))
-        filters: list[Node] = chains[0].get("filters", [])
-        filters_path = join(chain_path, "filters")
+            return None, None
+        with_tls = [i for i, chain in enumerate(chains) if "transport_socket" in chain]
+        if not with_tls and len(chains) > 1:
+            self.refuse(path, "more than one filter chain")
+            chains = chains[:1]
+        elif with_tls and len(with_tls) != len(chains):
+            without = next(i for i in range(len(chains)) if i not in with_tls)
+            note = "either every filter chain has a TLS transport_socket or none"
+            self.refuse(item(path, without), "a plain-text filter chain beside TLS ones", note)
+        hcms: list[HttpConnectionManager | None] = []
+        certificates: list[TlsCertificate | None] = []
+        alpn: list[tuple[str, tuple[str, ...]]] = []  # (path, alpn_protocols) per TLS chain
+        default_chain: int | None = None
+        names: dict[str, int] = {}  # server name -> its chain
+        for i, chain in enumerate(chains):
+            chain_path = item(path, i)
+            self.only(
+                chain, chain_path, ("name", "filters", "filter_chain_match", "transport_socket")
+            )
+            match_path = join(chain_path, "filter_chain_match")
+            server_names = self.chain_match(
+                chain.get("filter_chain_match", {}), match_path, "transport_socket" in chain
+            )
+            for j, name in enumerate(server_names):
+                if name in names and names[name] != i:
+                    where = item(join(match_path, "server_names"), j)
+                    self.error(
+                        where, f"'{name}' is already matched by filter_chains[{names[name]}]"
+                    )
+                names.setdefault(name, i)
+            if not server_names and default_chain is not None:
+                message = f"the same filter_chain_match as filter_chains[{default_chain}]"
+                self.error(chain_path, f"{message} (only one chain may have no server_names)")
+            elif not server_names:
+                default_chain = i
+            routes_before = len(self.route_clusters)
+            hcms.append(self.chain_filters(chain.get("filters", []), join(chain_path, "filters")))
+            if hcms[-1] is not None and hcms[0] is not None and hcms[-1] != hcms[0]:
+                self.refuse(chain_path, "filter chains with different http_connection_manager")
+            if i > 0:
+                del self.route_clusters[routes_before:]  # equal chains: check the first one only
+            if "transport_socket" in chain:
+                socket_path = join(chain_path, "transport_socket")
+                found = self.transport_socket(chain["transport_socket"], socket_path, server_names)
+                certificates.append(found[0] if found else None)
+                if found:
+                    alpn.append((join(socket_path, _ALPN_PATH), found[1]))
+        for alpn_path, protocols in alpn[1:]:
+            if protocols != alpn[0][1]:
+                self.refuse(alpn_path, "alpn_protocols different from the first filter chain's")
+        tls = None
+        if with_tls and alpn:
+            valid = tuple(x for x in certificates if x is not None)
+            tls = DownstreamTls(certificates=valid, alpn_protocols=alpn[0][1])
+        return hcms[0], tls
+
+    def chain_match(self, node: Node, path: str, tls: bool) -> tuple[str, ...]:
+        self.only(node, path, ("server_names", "transport_protocol"))
+        if node.get("transport_protocol") not in (None, "tls") or (
+            "transport_protocol" in node and not tls
+        ):
+            self.refuse(
+                join(path, "transport_protocol"),
+                f"'{node['transport_protocol']}'",
+                "only tls, on a chain with a TLS transport_socket",
+            )
+        server_names: list[str] = node.get("server_names", [])
+        if server_names and not tls:
+            self.refuse(join(path, "server_names"), note="SNI needs a TLS transport_socket")
+        return tuple(server_names)
+
+    def chain_filters(self, filters: list[Node], path: str) -> HttpConnectionManager | None:
         if len(filters) > 1:
-            self.refuse(filters_path, "more than one network filter")
+            self.refuse(path, "more than one network filter")
         if not filters:
-            self.error(filters_path, "an http_connection_manager filter is required")
+            self.error(path, "an http_connection_manager filter is required")
             return None
-        filter_path = item(filters_path, 0)
+        filter_path = item(path, 0)
         self.only(filters[0], filter_path, ("name", "typed_config"))
         config = filters[0].get("typed_config", {})
         if config.get("@type") != HCM:
@@ -196,6 +356,64 @@ class _Converter:
             self.refuse(filter_path, f"network filter '{what}'")
             return None
         return self.hcm(config, join(filter_path, "typed_config"))
+
+    # --- TLS -------------------------------------------------------------------------------------
+
+    def transport_socket(
+        self, node: Node, path: str, server_names: tuple[str, ...]
+    ) -> tuple[TlsCertificate | None, tuple[str, ...]] | None:
+        """envoy.transport_sockets.tls: one certificate chain and key file, ALPN http/1.1."""
+        self.only(node, path, ("name", "typed_config"))
+        config = node.get("typed_config", {})
+        if config.get("@type") != DOWNSTREAM_TLS:
+            what = config.get("@type") or node.get("name", "")
+            self.refuse(path, f"transport socket '{what}'", "only a DownstreamTlsContext")
+            return None
+        path = join(path, "typed_config")
+        self.only(config, path, ("common_tls_context", "require_client_certificate", "require_sni"))
+        for key in ("require_client_certificate", "require_sni"):
+            if config.get(key):
+                self.refuse(join(path, key), "true")
+        common = config.get("common_tls_context", {})
+        common_path = join(path, "common_tls_context")
+        self.only(common, common_path, ("tls_certificates", "alpn_protocols"))
+        alpn: list[str] = common.get("alpn_protocols", [])
+        for i, protocol in enumerate(alpn):
+            if protocol != "http/1.1":
+                alpn_path = item(join(common_path, "alpn_protocols"), i)
+                self.refuse(alpn_path, f"'{protocol}'", "only http/1.1")
+        return self.tls_certificates(common, common_path, server_names), tuple(alpn)
+
+    def tls_certificates(
+        self, common: Node, path: str, server_names: tuple[str, ...]
+    ) -> TlsCertificate | None:
+        certificates: list[Node] = common.get("tls_certificates", [])
+        path = join(path, "tls_certificates")
+        if not certificates:
+            self.error(path, "one certificate is required")
+            return None
+        if len(certificates) > 1:
+            self.refuse(item(path, 1), "more than one certificate per filter chain")
+        path = item(path, 0)
+        self.only(certificates[0], path, ("certificate_chain", "private_key"))
+        chain = self.filename(
+            certificates[0].get("certificate_chain"), join(path, "certificate_chain")
+        )
+        key = self.filename(certificates[0].get("private_key"), join(path, "private_key"))
+        if chain is None or key is None:
+            return None
+        return TlsCertificate(certificate_chain=chain, private_key=key, server_names=server_names)
+
+    def filename(self, node: Node | None, path: str) -> str | None:
+        """A DataSource given by file name (read by load/dynamic, where I/O belongs)."""
+        if node is None:
+            self.error(path, "is required")
+            return None
+        for key in node:
+            if key != "filename":
+                self.refuse(join(path, key), note="only filename")
+        filename: str | None = node.get("filename")
+        return filename
 
     def hcm(self, node: Node, path: str) -> HttpConnectionManager:
         self.only(
@@ -458,3 +676,62 @@ def convert(tree: Mapping[str, Any]) -> Bootstrap:
     if converter.errors:
         raise ConfigError(converter.errors)
     return bootstrap
+
+
+class Converted(NamedTuple):
+    """The resources of one CDS or LDS file."""
+
+    clusters: tuple[Cluster, ...]
+    listeners: tuple[Listener, ...]
+    warnings: tuple[str, ...]
+
+
+def convert_resources(
+    kind: Literal["cds", "lds"], resources: Sequence[tuple[str, Mapping[str, Any]]]
+) -> Converted:
+    """Convert validated Cluster (cds) or Listener (lds) trees, each given with its YAML path.
+
+    Names (and listener addresses) must be unique among them. Route clusters are not checked
+    here: they may be in another file or in the bootstrap (``dynamic.resolve`` checks them).
+    """
+    converter = _Converter()
+    clusters: list[tuple[str, Cluster]] = []
+    listeners: list[tuple[str, Listener | None]] = []
+    for path, node in resources:
+        if kind == "cds":
+            clusters.append((path, converter.cluster(node, path)))
+        else:
+            listeners.append((path, converter.listener(node, path)))
+    converter.unique([(path, x.name) for path, x in clusters], "cluster")
+    converter.check_listeners(listeners)
+    if converter.errors:
+        raise ConfigError(converter.errors)
+    return Converted(
+        clusters=tuple(x for _, x in clusters),
+        listeners=tuple(x for _, x in listeners if x is not None),
+        warnings=tuple(converter.warnings),
+    )
+
+
+def _hcm_path(path: str) -> str:
+    """The http_connection_manager of a converted listener at ``path`` (its first chain's)."""
+    return join(path, "filter_chains[0].filters[0].typed_config")
+
+
+def route_cluster_refs(listener: Listener, path: str) -> Iterator[tuple[str, str]]:
+    """(YAML path, cluster name) of every route of a converted listener found at ``path``: the
+    same paths the conversion reports, since a converted listener dropped no route."""
+    vhosts_path = join(_hcm_path(path), "route_config.virtual_hosts")
+    for i, vhost in enumerate(listener.http_connection_manager.route_config.virtual_hosts):
+        for j, route in enumerate(vhost.routes):
+            route_path = item(join(item(vhosts_path, i), "routes"), j)
+            yield join(route_path, "route.cluster"), route.route.cluster
+
+
+def certificate_paths(listener: Listener, path: str) -> Iterator[tuple[str, TlsCertificate]]:
+    """(YAML path of its tls_certificates[0], certificate) for each TLS filter chain of a
+    converted listener at ``path``; certificate i belongs to filter chain i."""
+    for i, certificate in enumerate(listener.tls.certificates if listener.tls else ()):
+        chain_path = item(join(path, "filter_chains"), i)
+        common_path = join(chain_path, "transport_socket.typed_config.common_tls_context")
+        yield item(join(common_path, "tls_certificates"), 0), certificate

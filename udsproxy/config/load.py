@@ -1,14 +1,18 @@
 """Load an Envoy v3 bootstrap (YAML/JSON file, YAML text or an already-parsed mapping).
 
-The only module of ``udsproxy.config`` that does I/O. Problems come back as one ConfigError:
+With ``dynamic``, the only modules of ``udsproxy.config`` that do I/O: ``load_config`` reads the
+bootstrap alone; ``load_and_resolve`` also reads the CDS/LDS files it names and checks the TLS
+certificate files (``dynamic.resolve``). Problems come back as one ConfigError:
 YAML syntax errors and duplicate keys with ``file:line:column``; otherwise every schema error
 (``validate``) followed by every feature udsproxy refuses (``convert``). While the schema has
 errors, convert's consistency checks (required fields, unknown clusters, ...) are held back: a
 value dropped for a schema error would make them report something that is not the real problem.
+The v2-era spellings listed in ``v2`` are read as v3, each with a warning in Bootstrap.warnings.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Hashable, Mapping
@@ -19,10 +23,14 @@ import yaml
 
 from udsproxy.config.convert import REFUSED, convert
 from udsproxy.config.schema import Bootstrap
+from udsproxy.config.v2 import upgrade_bootstrap
 from udsproxy.config.validate import check, describe
 from udsproxy.errors import ConfigError
 
-__all__ = ["load_config", "load_file", "load_tree", "load_yaml", "parse_yaml"]
+__all__ = [
+    "load_and_resolve", "load_config", "load_file", "load_tree", "load_yaml", "parse_file",
+    "parse_yaml",
+]  # fmt: skip
 
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
 _MERGE = "tag:yaml.org,2002:merge"
@@ -88,7 +96,8 @@ def load_tree(tree: object) -> Bootstrap:
         # The file a path-based xDS config points at; easy to pass by mistake.
         message = "unknown field 'resources': this is an xDS resource file, not a bootstrap"
         raise ConfigError([("resources", message)])
-    canonical, errors = check(tree)
+    upgraded, warnings = upgrade_bootstrap(tree)
+    canonical, errors = check(upgraded)
     try:
         bootstrap = convert(canonical)
     except ConfigError as exc:
@@ -96,6 +105,8 @@ def load_tree(tree: object) -> Bootstrap:
         raise ConfigError(errors + refused) from None
     if errors:
         raise ConfigError(errors)
+    if warnings:
+        bootstrap = dataclasses.replace(bootstrap, warnings=(*warnings, *bootstrap.warnings))
     return bootstrap
 
 
@@ -104,24 +115,31 @@ def load_yaml(text: str, filename: str = "<string>") -> Bootstrap:
     return load_tree(parse_yaml(text, filename))
 
 
-def load_file(path: str | os.PathLike[str]) -> Bootstrap:
-    """Load a bootstrap file: ``.json`` is read as JSON, anything else as YAML (like Envoy)."""
+def parse_file(path: str | os.PathLike[str], what: str = "config file") -> Any:
+    """Read and parse a file: ``.json`` as JSON, anything else as YAML (like Envoy).
+
+    Errors name the file (with line and column for syntax errors); ``what`` words the read error.
+    """
     name = os.fspath(path)
     try:
         text = Path(name).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([(name, f"cannot read the config file: {exc.strerror or exc}")]) from None
+        raise ConfigError([(name, f"cannot read the {what}: {exc.strerror or exc}")]) from None
     except UnicodeDecodeError as exc:
-        raise ConfigError([(name, f"the config file is not UTF-8: {exc.reason}")]) from None
+        raise ConfigError([(name, f"the {what} is not UTF-8: {exc.reason}")]) from None
     if name.endswith(".json"):
         try:
-            tree = json.loads(text)
+            return json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(
                 [(f"{name}:{exc.lineno}:{exc.colno}", f"JSON syntax error: {exc.msg}")]
             ) from None
-        return load_tree(tree)
-    return load_yaml(text, name)
+    return parse_yaml(text, name)
+
+
+def load_file(path: str | os.PathLike[str]) -> Bootstrap:
+    """Load a bootstrap file: ``.json`` is read as JSON, anything else as YAML (like Envoy)."""
+    return load_tree(parse_file(path))
 
 
 def load_config(source: Mapping[str, Any] | str | os.PathLike[str]) -> Bootstrap:
@@ -135,3 +153,14 @@ def load_config(source: Mapping[str, Any] | str | os.PathLike[str]) -> Bootstrap
     if isinstance(source, str) and any(c in source for c in "\n{:"):
         return load_yaml(source)
     return load_file(source)
+
+
+def load_and_resolve(source: Bootstrap | Mapping[str, Any] | str | os.PathLike[str]) -> Bootstrap:
+    """``load_config``, then ``dynamic.resolve``: the CDS/LDS files the bootstrap names are read
+    and merged in, and every TLS certificate file is checked. What ``--mode validate`` runs.
+
+    A Bootstrap is resolved as it is (its files re-read, if it is a resolved one).
+    """
+    from udsproxy.config.dynamic import resolve  # dynamic reads files with parse_file
+
+    return resolve(source if isinstance(source, Bootstrap) else load_config(source))

@@ -212,3 +212,6 @@ class Bootstrap:
     lds_version: str = ""
     # Warnings that do not stop the config (e.g. deprecated spellings accepted).
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    # What dynamic.resolve() merged the CDS/LDS files into (None if this is not its result), so
+    # resolving a resolved Bootstrap again starts from the static resources, not from the merge.
+    static: Bootstrap | None = field(default=None, compare=False, repr=False)

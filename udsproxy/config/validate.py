@@ -226,6 +226,9 @@ envoy.config.core.v3.SocketAddress min_len=address oneof=port_specifier lte=port
 envoy.config.core.v3.HttpProtocolOptions gte=max_headers_count:1
 envoy.config.core.v3.SubstitutionFormatString oneof=format
 envoy.config.core.v3.DataSource oneof=specifier
+envoy.config.core.v3.ConfigSource oneof=config_source_specifier
+envoy.config.core.v3.PathConfigSource min_len=path
+envoy.config.core.v3.WatchedDirectory min_len=path
 envoy.config.listener.v3.Filter min_len=name
 envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
     min_len=stat_prefix oneof=route_specifier

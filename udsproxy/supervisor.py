@@ -1,0 +1,203 @@
+"""Processes: one worker serving in this process, or a supervisor and N forked workers.
+
+With ``--concurrency N`` the supervisor binds what must be shared before forking (pipe
+listeners, and TCP listeners on port 0 so every worker gets the same port) and the workers
+inherit those sockets; explicit TCP ports are bound by each worker with SO_REUSEPORT, so the
+kernel spreads connections across them. The supervisor runs no event loop: it waits for
+signals, forwards SIGHUP (reload) and SIGTERM/SIGINT (drain) to every worker, and restarts a
+worker that dies, counting it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+
+import uvloop
+
+from udsproxy.config import schema
+from udsproxy.server import Server, bind_unix
+from udsproxy.watch import ConfigWatcher, watch_targets
+
+__all__ = ["run_workers", "serve"]
+
+log = logging.getLogger("udsproxy.supervisor")
+
+_SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+
+
+async def serve(
+    source: object,
+    *,
+    drain_time: float,
+    splice_min_bytes: int,
+    reuse_port: bool = False,
+    inherited: dict[str, socket.socket] | None = None,
+    worker: int | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT; SIGHUP and file changes reload."""
+    server = await Server.start(
+        source,  # type: ignore[arg-type]
+        announce=worker is None or worker == 0,
+        splice_min_bytes=splice_min_bytes,
+        reuse_port=reuse_port,
+        inherited=inherited,
+    )
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    pending: set[asyncio.Task[bool]] = set()
+
+    def reload(reason: str) -> None:
+        task = loop.create_task(server.reload(reason))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload, "SIGHUP")
+    watcher = ConfigWatcher(lambda: watch_targets(server.bootstrap), server.reload)
+    watcher.start()
+    await stop.wait()
+    log.info("shutting down: draining for up to %.1fs", drain_time)
+    await watcher.stop()
+    await server.stop(timeout=drain_time)
+
+
+def _shared_sockets(bootstrap: schema.Bootstrap) -> dict[str, socket.socket]:
+    """Sockets every worker must share: pipes (one path) and TCP port 0 (one port)."""
+    shared: dict[str, socket.socket] = {}
+    for listener in bootstrap.listeners:
+        address = listener.address
+        if isinstance(address, schema.Pipe):
+            shared[listener.name] = bind_unix(address)
+        elif address.port_value == 0:
+            family = socket.AF_INET6 if ":" in address.address else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((address.address, 0))
+            sock.setblocking(False)
+            shared[listener.name] = sock
+    return shared
+
+
+class _Supervisor:
+    def __init__(
+        self,
+        source: object,
+        bootstrap: schema.Bootstrap,
+        concurrency: int,
+        drain_time: float,
+        splice_min_bytes: int,
+    ) -> None:
+        self.source = source
+        self.concurrency = concurrency
+        self.drain_time = drain_time
+        self.splice_min_bytes = splice_min_bytes
+        self.shared = _shared_sockets(bootstrap)
+        self.workers: dict[int, int] = {}  # pid -> worker index
+        self.restarts = 0
+        self.stopping = False
+
+    def spawn(self, index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+                for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+                    signal.signal(sig, signal.SIG_DFL)
+                uvloop.run(
+                    serve(
+                        self.source,
+                        drain_time=self.drain_time,
+                        splice_min_bytes=self.splice_min_bytes,
+                        reuse_port=True,
+                        inherited=dict(self.shared),
+                        worker=index,
+                    )
+                )
+                code = 0
+            except BaseException:
+                log.exception("worker %d failed", index)
+            finally:
+                os._exit(code)
+        self.workers[pid] = index
+        log.info("worker %d started (pid %d)", index, pid)
+
+    def forward(self, sig: int) -> None:
+        for pid in self.workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    def reap(self) -> None:
+        while self.workers:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            index = self.workers.pop(pid, None)
+            if index is None:
+                continue
+            if self.stopping:
+                log.info("worker %d (pid %d) exited", index, pid)
+                continue
+            self.restarts += 1
+            log.error(
+                "worker %d (pid %d) died (%s); restarting (server.worker_restarts=%d)",
+                index,
+                pid,
+                _describe(status),
+                self.restarts,
+            )
+            self.spawn(index)
+
+    def run(self) -> int:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        for index in range(self.concurrency):
+            self.spawn(index)
+        deadline = 0.0
+        while self.workers:
+            info = signal.sigtimedwait(_SIGNALS, 0.5)
+            if info is not None:
+                if info.si_signo == signal.SIGHUP:
+                    log.info("SIGHUP: reloading every worker")
+                    self.forward(signal.SIGHUP)
+                elif info.si_signo in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
+                    self.stopping = True
+                    deadline = time.monotonic() + self.drain_time + 2.0
+                    self.forward(signal.SIGTERM)
+            self.reap()
+            if self.stopping and self.workers and time.monotonic() > deadline:
+                log.warning("workers still running after the drain time: killing them")
+                self.forward(signal.SIGKILL)
+        for sock in self.shared.values():
+            if sock.family == socket.AF_UNIX:
+                path = sock.getsockname()
+                if isinstance(path, str) and path and not path.startswith("\0"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+            sock.close()
+        return 0
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"signal {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit code {os.WEXITSTATUS(status)}"
+
+
+def run_workers(
+    source: object,
+    bootstrap: schema.Bootstrap,
+    concurrency: int,
+    drain_time: float,
+    splice_min_bytes: int,
+) -> int:
+    return _Supervisor(source, bootstrap, concurrency, drain_time, splice_min_bytes).run()
