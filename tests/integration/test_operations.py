@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -428,8 +429,55 @@ def test_https_with_sni_picks_the_certificate(tmp_path: Path, py_upstream: PyUps
         ctx = ssl.create_default_context(cafile=str(tmp_path / "a.test.crt"))
         ctx.check_hostname = False
         with ctx.wrap_socket(
-            __import__("socket").create_connection(("127.0.0.1", port)), server_hostname=None
+            socket.create_connection(("127.0.0.1", port)), server_hostname=None
         ) as s:
             assert s.selected_alpn_protocol() in (None, "http/1.1")
+    finally:
+        assert proc.stop() == 0
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+def test_certificate_files_are_reloaded_when_they_change(
+    tmp_path: Path, py_upstream: PyUpstream
+) -> None:
+    live = tmp_path / "live"
+    live.mkdir()
+    old_cert, old_key = _cert(tmp_path, "old.test")
+    new_cert, new_key = _cert(tmp_path, "new.test")
+    shutil.copy(old_cert, live / "tls.crt")
+    shutil.copy(old_key, live / "tls.key")
+    base = listener([vhost("all", [route("py", prefix="/")])])
+    base["filter_chains"] = [_tls_chain(live / "tls.crt", live / "tls.key", None, base)]
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump(bootstrap([base], [cluster("py", py_upstream.socket_path)])))
+    proc = Proc(path, "--concurrency", "1")
+
+    def served_cn() -> str:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            ctx.wrap_socket(raw, server_hostname="x.test") as s,
+        ):
+            der = s.getpeercert(binary_form=True)
+        assert der is not None
+        out = subprocess.run(
+            ["openssl", "x509", "-inform", "DER", "-noout", "-subject"],
+            input=der,
+            capture_output=True,
+            timeout=10,
+            check=True,
+        )
+        return out.stdout.decode()
+
+    try:
+        port = proc.wait_listening("ingress_http")
+        assert "old.test" in served_cn()
+        # replace both files the safe way (rename), key first
+        for src, dst in ((new_key, "tls.key"), (new_cert, "tls.crt")):
+            shutil.copy(src, live / (dst + ".tmp"))
+            os.replace(live / (dst + ".tmp"), live / dst)
+        assert wait_until(lambda: "new.test" in served_cn(), 15), proc.stderr
     finally:
         assert proc.stop() == 0
