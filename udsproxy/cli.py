@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from typing import Any
 
 from udsproxy import __version__
 from udsproxy.errors import ConfigError
@@ -43,6 +44,16 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="relay Content-Length bodies at least this large with splice(2); 0 disables "
         "(default 262144)",
+    )
+    p.add_argument(
+        "--ready-requires-upstream",
+        action="store_true",
+        help="admin /ready answers 503 while no upstream socket file exists (default: off)",
+    )
+    p.add_argument(
+        "--disable-request-stats",
+        action="store_true",
+        help="do not count per-request stats (to measure what counting costs)",
     )
     p.add_argument("--version", action="version", version=f"udsproxy {__version__}")
     return p
@@ -95,13 +106,19 @@ def main(argv: list[str] | None = None) -> int:
 
     splice = DEFAULT_SPLICE_MIN_BYTES if args.splice_min_bytes is None else args.splice_min_bytes
     concurrency = args.concurrency or os.cpu_count() or 1
+    options: dict[str, Any] = {
+        "splice_min_bytes": splice,
+        "request_stats": not args.disable_request_stats,
+        "ready_requires_upstream": args.ready_requires_upstream,
+        "options": {k: v for k, v in vars(args).items() if k != "config_yaml"},
+    }
     try:
         if concurrency == 1:
             import uvloop
 
-            uvloop.run(serve(source, drain_time=args.drain_time_s, splice_min_bytes=splice))
+            uvloop.run(serve(source, drain_time=args.drain_time_s, **options))
             return 0
-        return run_workers(source, bootstrap, concurrency, args.drain_time_s, splice)
+        return run_workers(source, bootstrap, concurrency, args.drain_time_s, **options)
     except OSError as exc:
         print(f"udsproxy: cannot start: {exc}", file=sys.stderr)
         return 1

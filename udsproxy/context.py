@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from udsproxy import splice
 from udsproxy.config import schema
+from udsproxy.flags import ResponseFlag
 from udsproxy.router import Router
+from udsproxy.stats.store import StatsStore
 from udsproxy.stream import Stream
 from udsproxy.streaminfo import Peer, StreamInfo
 
@@ -36,6 +38,8 @@ class ListenerContext:
         access_loggers: Sequence[AccessLogger],
         loop: asyncio.AbstractEventLoop,
         splice_min_bytes: int = 0,
+        stats: StatsStore | None = None,
+        request_stats: bool = True,
     ) -> None:
         hcm = listener.http_connection_manager
         self.name = listener.name
@@ -65,11 +69,11 @@ class ListenerContext:
         self.connections: set[DownstreamConnection] = set()
         self._next_id = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        # A few plain counters; the stats issue turns these into Envoy's stat tree.
-        self.stats_rq_total = 0
-        self.stats_idle_timeout = 0
-        self.stats_connect_fail = 0
-        self.stats_timeout = 0
+        store = stats if stats is not None else StatsStore()
+        self.http_stats = store.http_for(hcm.stat_prefix)
+        self.listener_stats = store.listener_for(str(listener.address), hcm.stat_prefix)
+        # per-request counting can be switched off to measure what it costs
+        self.request_stats = request_stats
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a connect attempt; the set keeps a strong reference until it is done."""
@@ -90,13 +94,63 @@ class ListenerContext:
         return self._next_id
 
     def new_stream(self, conn: DownstreamConnection) -> Stream:
-        self.stats_rq_total += 1
+        self.http_stats.downstream_rq_active += 1
         return Stream(self, conn)
 
-    def observe(self, info: StreamInfo) -> None:
+    def observe(self, s: Stream) -> None:
         """The end of a request: observers read what it left behind and never fail it."""
+        self.http_stats.downstream_rq_active -= 1
+        if self.request_stats:
+            self._count(s)
         for logger in self.access_loggers:
             try:
-                logger.log(info)
+                logger.log(s)
             except Exception:  # an access log bug must not break the data path
                 log.exception("access log failed")
+
+    def _count(self, s: Stream) -> None:
+        hs = self.http_stats
+        ls = self.listener_stats
+        code = s.response_code
+        klass = code // 100 if code < 600 else 0
+        hs.downstream_rq_total += 1
+        hs.downstream_rq_http1_total += 1
+        hs.downstream_rq_completed += 1
+        hs.rq_class[klass] += 1
+        ls.rq_class[klass] += 1
+        ls.rq_completed += 1
+        end = s.end_mono or s.start_mono
+        ms = (end - s.start_mono) * 1000.0
+        hs.rq_time.record(ms)
+        flags = s.response_flags
+        if flags:
+            if flags & ResponseFlag.NR:
+                hs.no_route += 1
+            if flags & ResponseFlag.NC:
+                hs.no_cluster += 1
+            if flags & ResponseFlag.DC:
+                hs.downstream_rq_rx_reset += 1
+            if flags & ResponseFlag.SI:
+                hs.downstream_rq_idle_timeout += 1
+            if flags & ResponseFlag.DPE:
+                hs.downstream_cx_protocol_error += 1
+        elif code == 403 and s.response_code_details == "upgrade_failed":
+            hs.downstream_rq_ws_on_non_ws_route += 1
+        host = s.host
+        if host is not None:
+            hs.rq_total += 1
+            cs = host.cluster.stats
+            cs.upstream_rq_total += 1
+            cs.upstream_rq_completed += 1
+            if code:
+                cs.record_code(code)
+            cs.rq_time.record(ms)
+            if s.retried:
+                cs.upstream_rq_retry += 1
+            if flags:
+                if flags & ResponseFlag.UT:
+                    cs.upstream_rq_timeout += 1
+                if flags & ResponseFlag.UC:
+                    cs.upstream_rq_rx_reset += 1
+                if flags & (ResponseFlag.DC | ResponseFlag.UPE):
+                    cs.upstream_rq_tx_reset += 1

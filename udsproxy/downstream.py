@@ -54,6 +54,7 @@ class _Stop(Exception):
 class DownstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_block",
+        "_closed_here",
         "_error",
         "_head_fed",
         "_header_bytes",
@@ -103,6 +104,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.peer_ip = b""
         self.local = ctx.local_peer
         self._block = 0
+        self._closed_here = False
         self.body_buffered = 0  # request body bytes held by this connection's streams
         self._error: http1.LocalReply | None = None
         self._header_bytes = 0
@@ -137,10 +139,18 @@ class DownstreamConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=limit, low=limit // 2)
         self.last_io = self.loop.time()
         ctx.connections.add(self)
+        hs, ls = ctx.http_stats, ctx.listener_stats
+        hs.downstream_cx_total += 1
+        hs.downstream_cx_http1_total += 1
+        hs.downstream_cx_active += 1
+        hs.downstream_cx_http1_active += 1
+        ls.downstream_cx_total += 1
+        ls.downstream_cx_active += 1
         self._arm(self.last_io + ctx.idle_timeout if ctx.idle_timeout else 0.0)
 
     def data_received(self, data: bytes) -> None:
         self.last_io = self.loop.time()
+        self.ctx.http_stats.downstream_cx_rx_bytes_total += len(data)
         if self.tunnel is not None:
             self.tunnel.on_downstream_tunnel_data(data)
             return
@@ -176,7 +186,22 @@ class DownstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.ctx.connections.discard(self)
+        ctx = self.ctx
+        ctx.connections.discard(self)
+        hs, ls = ctx.http_stats, ctx.listener_stats
+        hs.downstream_cx_destroy += 1
+        hs.downstream_cx_active -= 1
+        hs.downstream_cx_http1_active -= 1
+        ls.downstream_cx_destroy += 1
+        ls.downstream_cx_active -= 1
+        if self._linger is not None or self.transport is None or self._closed_here:
+            hs.downstream_cx_destroy_local += 1
+        else:
+            hs.downstream_cx_destroy_remote += 1
+        if self.active is not None or self.queue:
+            hs.downstream_cx_destroy_active_rq += 1
+        if self.tunnel is not None:
+            hs.downstream_cx_upgrades_active -= 1
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -340,9 +365,13 @@ class DownstreamConnection(asyncio.Protocol):
 
     def start_tunnel(self, s: Stream) -> None:
         self.tunnel = s
+        hs = self.ctx.http_stats
+        hs.downstream_cx_upgrades_total += 1
+        hs.downstream_cx_upgrades_active += 1
         self._resume(BLOCK_DONE)
 
     def write(self, data: bytes | memoryview) -> None:
+        self.ctx.http_stats.downstream_cx_tx_bytes_total += len(data)
         if self.corked:
             self.out.append(data)
         else:
@@ -374,6 +403,9 @@ class DownstreamConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing() or self._linger is not None:
             return
+        self._closed_here = True
+        if self.ctx.draining:
+            self.ctx.http_stats.downstream_cx_drain_close += 1
         if self.out:
             self.uncork()
         if self.closed or not transport.can_write_eof():
@@ -387,6 +419,7 @@ class DownstreamConnection(asyncio.Protocol):
     def abort(self) -> None:
         """Reset the connection: whatever is corked is dropped, not sent."""
         self.out = []
+        self._closed_here = True
         if self.transport is not None:
             self.transport.abort()
 
@@ -439,7 +472,7 @@ class DownstreamConnection(asyncio.Protocol):
         if ctx.idle_timeout:
             deadline = self.last_io + ctx.idle_timeout
             if deadline <= now:
-                ctx.stats_idle_timeout += 1
+                ctx.http_stats.downstream_cx_idle_timeout += 1
                 self.close()
             else:
                 self._arm(deadline)

@@ -23,6 +23,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
@@ -33,6 +34,8 @@ from udsproxy.config.load import load_and_resolve
 from udsproxy.context import ListenerContext
 from udsproxy.downstream import DownstreamConnection
 from udsproxy.errors import ConfigError
+from udsproxy.stats.peers import RestartCounter
+from udsproxy.stats.store import Raw, StatsStore
 from udsproxy.tls import TlsContexts
 from udsproxy.upstream import Cluster
 
@@ -77,8 +80,17 @@ class Server:
         reuse_port: bool = False,
         inherited: Mapping[str, socket.socket] | None = None,
         announce: bool = False,
+        request_stats: bool = True,
     ) -> None:
         self.bootstrap = bootstrap
+        self.request_stats = request_stats
+        self.store = StatsStore()
+        self.started_at = time.time()
+        self.state = "PRE_INITIALIZING"
+        # set by the process layer: which worker publishes server.*, and its restart counter
+        self.primary = True
+        self.concurrency = 1
+        self.restarts: RestartCounter | None = None
         self.loop = loop
         self.source = source
         self.splice_min_bytes = splice_min_bytes
@@ -104,6 +116,7 @@ class Server:
         splice_min_bytes: int = DEFAULT_SPLICE_MIN_BYTES,
         reuse_port: bool = False,
         inherited: Mapping[str, socket.socket] | None = None,
+        request_stats: bool = True,
     ) -> Server:
         """Build and bind everything; raises ConfigError or OSError before serving anything.
 
@@ -120,6 +133,7 @@ class Server:
             reuse_port=reuse_port,
             inherited=inherited,
             announce=announce,
+            request_stats=request_stats,
         )
         try:
             await server._apply(bootstrap)
@@ -127,6 +141,7 @@ class Server:
             await server.stop(timeout=0)
             raise
         server._record_versions(bootstrap)
+        server.state = "LIVE"
         return server
 
     def address(self, listener: str | None = None) -> tuple[str, int]:
@@ -192,7 +207,14 @@ class Server:
         for cconf in new.clusters:
             old = old_clusters.get(cconf.name)
             keep = old is not None and old.config == cconf
-            clusters[cconf.name] = old if old is not None and keep else Cluster(cconf, self.loop)
+            if old is not None and keep:
+                clusters[cconf.name] = old
+            else:
+                stats = self.store.cluster_for(cconf.name)
+                clusters[cconf.name] = Cluster(cconf, self.loop, stats)
+                self.stats[
+                    "cluster_manager.cluster_modified" if old else "cluster_manager.cluster_added"
+                ] += 1
         fresh: dict[str, _ListenerSlot] = {}  # listeners that need a new socket
         try:
             for config in new.listeners:
@@ -237,10 +259,20 @@ class Server:
         for name, cluster in old_clusters.items():
             if clusters.get(name) is not cluster:
                 cluster.drain()
+            if name not in clusters:
+                self.stats["cluster_manager.cluster_removed"] += 1
 
     def _context(self, config: schema.Listener, clusters: dict[str, Cluster]) -> ListenerContext:
         loggers = build_access_loggers(config.http_connection_manager.access_log, self.sinks)
-        return ListenerContext(config, clusters, loggers, self.loop, self.splice_min_bytes)
+        return ListenerContext(
+            config,
+            clusters,
+            loggers,
+            self.loop,
+            self.splice_min_bytes,
+            stats=self.store,
+            request_stats=self.request_stats,
+        )
 
     async def _start_slot(
         self, config: schema.Listener, clusters: dict[str, Cluster]
@@ -268,6 +300,10 @@ class Server:
             name = srv.sockets[0].getsockname()
             slot.bound = (name[0], name[1])
             text = str(schema.SocketAddress(address=name[0], port_value=name[1]))
+            if address.port_value == 0:  # Envoy names listener stats by the bound address
+                prefix = config.http_connection_manager.stat_prefix
+                self.store.listeners.pop(str(address).replace(":", "_"), None)
+                slot.ctx.listener_stats = self.store.listener_for(text, prefix)
         else:
             sock = inherited if inherited is not None else bind_unix(address)
             srv = await self.loop.create_unix_server(
@@ -289,6 +325,59 @@ class Server:
         if isinstance(address, schema.Pipe) and not address.abstract and slot.owns_path:
             _unlink_quietly(address.path)
 
+    # -- stats -------------------------------------------------------------------------------
+    def raw_stats(self) -> Raw:
+        """This process's stats under Envoy's names, gauges read now."""
+        counters, gauges, hists = self.store.raw()
+        counters.update(self.stats)
+        for name, cluster in self.clusters.items():
+            prefix = f"cluster.{name}."
+            gauges[prefix + "membership_total"] = len(cluster.hosts)
+            gauges[prefix + "membership_healthy"] = len(cluster.hosts)
+            pipes = [h.address for h in cluster.hosts if isinstance(h.address, schema.Pipe)]
+            if pipes:
+                gauges.update(pipe_gauges(prefix, pipes))
+        gauges["server.total_connections"] = sum(
+            len(ctx.connections) for slot in self.slots.values() for ctx in slot.contexts()
+        )
+        gauges["server.memory_allocated"] = _rss_bytes()  # summed over the workers
+        if self.primary:  # process-wide values, published once
+            gauges["cluster_manager.active_clusters"] = len(self.clusters)
+            gauges["listener_manager.total_listeners_active"] = len(self.slots)
+            gauges["server.live"] = 1 if self.state == "LIVE" else 0
+            gauges["server.state"] = _STATES.get(self.state, 0)
+            gauges["server.uptime"] = int(time.time() - self.started_at)
+            gauges["server.concurrency"] = self.concurrency
+            counters["server.worker_restarts"] = self.restarts.value if self.restarts else 0
+        else:
+            for name in [n for n in gauges if n.startswith("cluster.") and ".uds_" in n]:
+                del gauges[name]  # the filesystem is the same for every worker
+            for name in [n for n in gauges if n.startswith("cluster.") and ".membership_" in n]:
+                del gauges[name]
+            for name in [n for n in counters if n.endswith(".version")]:
+                del counters[name]
+        return counters, gauges, hists
+
+    def discourage_keepalive(self, on: bool) -> None:
+        """/healthcheck/fail: every response says connection: close (and /healthcheck/ok)."""
+        for slot in self.slots.values():
+            slot.ctx.draining = on
+
+    async def drain_listeners(self) -> None:
+        """/drain_listeners: stop accepting; open connections finish and close."""
+        for slot in self.slots.values():
+            if slot.server is not None:
+                slot.server.close()
+            for ctx in slot.contexts():
+                ctx.drain()
+        self.state = "DRAINING"
+
+    def reset_counters(self) -> None:
+        self.store.reset()
+        for name in list(self.stats):
+            if not name.endswith(".version"):
+                self.stats[name] = 0
+
     # -- stop --------------------------------------------------------------------------------
     async def serve_forever(self) -> None:
         await self._stopped.wait()
@@ -301,6 +390,7 @@ class Server:
             await self._stopped.wait()
             return
         self._stopping = True
+        self.state = "DRAINING"
         for slot in list(self.slots.values()):
             await self._close_slot(slot)
         contexts = [ctx for slot in self.slots.values() for ctx in slot.contexts()]
@@ -331,6 +421,42 @@ class Server:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+_STATES = {"LIVE": 0, "DRAINING": 1, "PRE_INITIALIZING": 2, "INITIALIZING": 3}
+
+
+def pipe_gauges(prefix: str, pipes: list[schema.Pipe]) -> dict[str, int]:
+    """Beyond Envoy: the filesystem behind a cluster's sockets (a Memory emptyDir at /dev/shm
+    fills up unseen) and how many of the socket files exist."""
+    present = 0
+    used = total = 0
+    for pipe in pipes:
+        if pipe.abstract:
+            present += 1  # no file: it exists as long as someone listens
+            continue
+        if os.path.exists(pipe.path):
+            present += 1
+        if not total:
+            try:
+                st = os.statvfs(os.path.dirname(pipe.path) or "/")
+            except OSError:
+                continue
+            total = st.f_blocks * st.f_frsize
+            used = (st.f_blocks - st.f_bfree) * st.f_frsize
+    return {
+        prefix + "uds_socket_present": present,
+        prefix + "uds_fs_used_bytes": used,
+        prefix + "uds_fs_total_bytes": total,
+    }
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _manager(kind: str) -> str:

@@ -361,7 +361,11 @@ class Stream(StreamInfo):
         else:
             reason = "connection timeout"
         self.upstream_transport_failure_reason = reason
-        self.ctx.stats_connect_fail += 1
+        cs = self.host.cluster.stats if self.host is not None else None
+        if cs is not None:
+            cs.upstream_cx_connect_fail += 1
+            if reason == "connection timeout":
+                cs.upstream_cx_connect_timeout += 1
         self._local_reply(http1.CONNECT_FAILURE)
 
     def _send(self, up: UpstreamConnection) -> None:
@@ -466,6 +470,7 @@ class Stream(StreamInfo):
     def on_spliced(self, n: int) -> None:
         self.bytes_sent += n
         self.conn.last_io = self.ctx.loop.time()
+        self.ctx.http_stats.downstream_cx_tx_bytes_total += n
 
     def on_response_complete(self, up: UpstreamConnection) -> None:
         if self.chunked_out:
@@ -504,6 +509,7 @@ class Stream(StreamInfo):
 
     # -- failures ------------------------------------------------------------------------------
     def on_upstream_protocol_error(self, up: UpstreamConnection) -> None:
+        up.host.cluster.stats.upstream_cx_protocol_error += 1
         up.abort()
         self.upstream = None
         if self.done:
@@ -549,7 +555,6 @@ class Stream(StreamInfo):
     def check_timeouts(self, now: float) -> float:
         """Called by the connection's timer; returns the next deadline to wake for (0: none)."""
         if self.deadline and now >= self.deadline:
-            self.ctx.stats_timeout += 1
             self._timeout(http1.UPSTREAM_TIMEOUT)
             return 0.0
         idle = self.ctx.stream_idle_timeout

@@ -16,12 +16,16 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
+from typing import Any
 
 import uvloop
 
+from udsproxy.admin import AdminServer
 from udsproxy.config import schema
 from udsproxy.server import Server, bind_unix
+from udsproxy.stats.peers import PeerGroup, RestartCounter
 from udsproxy.watch import ConfigWatcher, watch_targets
 
 __all__ = ["run_workers", "serve"]
@@ -39,15 +43,43 @@ async def serve(
     reuse_port: bool = False,
     inherited: dict[str, socket.socket] | None = None,
     worker: int | None = None,
+    workers: int = 1,
+    group: int = 0,
+    request_stats: bool = True,
+    ready_requires_upstream: bool = False,
+    options: dict[str, Any] | None = None,
+    restarts: RestartCounter | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT; SIGHUP and file changes reload."""
+    inherited = dict(inherited or {})
+    admin_sock = inherited.pop(ADMIN_KEY, None)
     server = await Server.start(
         source,  # type: ignore[arg-type]
         announce=worker is None or worker == 0,
         splice_min_bytes=splice_min_bytes,
         reuse_port=reuse_port,
         inherited=inherited,
+        request_stats=request_stats,
     )
+    server.primary = not worker  # one process publishes the process-wide server.* stats
+    server.concurrency = workers
+    server.restarts = restarts
+    peers = PeerGroup(
+        group or os.getpid(), worker or 0, workers, server.raw_stats, server.reset_counters
+    )
+    await peers.start()
+    admin: AdminServer | None = None
+    if server.bootstrap.admin is not None:
+        admin = AdminServer(
+            server, peers, ready_requires_upstream=ready_requires_upstream, options=options
+        )
+        await _start_admin(
+            admin,
+            server.bootstrap.admin.address,
+            admin_sock,
+            reuse_port,
+            announce=worker is None or worker == 0,
+        )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     pending: set[asyncio.Task[bool]] = set()
@@ -65,23 +97,62 @@ async def serve(
     await stop.wait()
     log.info("shutting down: draining for up to %.1fs", drain_time)
     await watcher.stop()
+    if admin is not None:
+        admin.server.state = "DRAINING"
     await server.stop(timeout=drain_time)
+    if admin is not None:
+        await admin.stop()
+    await peers.stop()
+
+
+ADMIN_KEY = "\0admin"  # the admin socket's key among the inherited listener sockets
+
+
+async def _start_admin(
+    admin: AdminServer,
+    address: schema.Address,
+    sock: socket.socket | None,
+    reuse_port: bool,
+    *,
+    announce: bool,
+) -> None:
+    if sock is not None:
+        if sock.family == socket.AF_UNIX:
+            await admin.start_unix(sock=sock)
+            text = str(address)
+        else:
+            text = await admin.start(sock=sock)
+    elif isinstance(address, schema.Pipe):
+        await admin.start_unix(sock=bind_unix(address))
+        text = str(address)
+    else:
+        text = await admin.start(
+            host=address.address,
+            port=address.port_value,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+        )
+    if announce:
+        print(f"udsproxy: admin listening on {text}", file=sys.stderr)
+        sys.stderr.flush()
 
 
 def _shared_sockets(bootstrap: schema.Bootstrap) -> dict[str, socket.socket]:
     """Sockets every worker must share: pipes (one path) and TCP port 0 (one port)."""
     shared: dict[str, socket.socket] = {}
-    for listener in bootstrap.listeners:
-        address = listener.address
+    named = [(listener.name, listener.address) for listener in bootstrap.listeners]
+    if bootstrap.admin is not None:
+        named.append((ADMIN_KEY, bootstrap.admin.address))
+    for name, address in named:
         if isinstance(address, schema.Pipe):
-            shared[listener.name] = bind_unix(address)
+            shared[name] = bind_unix(address)
         elif address.port_value == 0:
             family = socket.AF_INET6 if ":" in address.address else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((address.address, 0))
             sock.setblocking(False)
-            shared[listener.name] = sock
+            shared[name] = sock
     return shared
 
 
@@ -92,15 +163,15 @@ class _Supervisor:
         bootstrap: schema.Bootstrap,
         concurrency: int,
         drain_time: float,
-        splice_min_bytes: int,
+        serve_options: dict[str, Any],
     ) -> None:
         self.source = source
         self.concurrency = concurrency
         self.drain_time = drain_time
-        self.splice_min_bytes = splice_min_bytes
+        self.serve_options = serve_options
         self.shared = _shared_sockets(bootstrap)
         self.workers: dict[int, int] = {}  # pid -> worker index
-        self.restarts = 0
+        self.restarts = RestartCounter()  # shared with the workers, who publish it
         self.stopping = False
 
     def spawn(self, index: int) -> None:
@@ -115,10 +186,13 @@ class _Supervisor:
                     serve(
                         self.source,
                         drain_time=self.drain_time,
-                        splice_min_bytes=self.splice_min_bytes,
                         reuse_port=True,
                         inherited=dict(self.shared),
                         worker=index,
+                        workers=self.concurrency,
+                        group=os.getppid(),
+                        restarts=self.restarts,
+                        **self.serve_options,
                     )
                 )
                 code = 0
@@ -148,13 +222,13 @@ class _Supervisor:
             if self.stopping:
                 log.info("worker %d (pid %d) exited", index, pid)
                 continue
-            self.restarts += 1
+            self.restarts.add(1)
             log.error(
                 "worker %d (pid %d) died (%s); restarting (server.worker_restarts=%d)",
                 index,
                 pid,
                 _describe(status),
-                self.restarts,
+                self.restarts.value,
             )
             self.spawn(index)
 
@@ -198,6 +272,6 @@ def run_workers(
     bootstrap: schema.Bootstrap,
     concurrency: int,
     drain_time: float,
-    splice_min_bytes: int,
+    **serve_options: Any,
 ) -> int:
-    return _Supervisor(source, bootstrap, concurrency, drain_time, splice_min_bytes).run()
+    return _Supervisor(source, bootstrap, concurrency, drain_time, serve_options).run()

@@ -17,6 +17,7 @@ import httptools
 
 from udsproxy.config import schema
 from udsproxy.splice import Splicer
+from udsproxy.stats.store import ClusterStats
 
 if TYPE_CHECKING:
     from udsproxy.stream import Stream
@@ -100,6 +101,10 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
         self.transport = transport = cast(asyncio.Transport, transport)
+        cs = self.host.cluster.stats
+        cs.upstream_cx_total += 1
+        cs.upstream_cx_http1_total += 1
+        cs.upstream_cx_active += 1
         limit = self.host.cluster.buffer_limit
         transport.set_write_buffer_limits(high=limit, low=limit // 2)
 
@@ -109,6 +114,7 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes on an idle connection: the upstream broke framing; never reuse it.
             self.close()
             return
+        self.host.cluster.stats.upstream_cx_rx_bytes_total += len(data)
         downstream = stream.conn
         downstream.cork()  # head and body of one read leave in one write
         try:
@@ -214,8 +220,17 @@ class UpstreamConnection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        cs = self.host.cluster.stats
+        cs.upstream_cx_active -= 1
+        cs.upstream_cx_destroy += 1
+        if self.closed:
+            cs.upstream_cx_destroy_local += 1
+        else:
+            cs.upstream_cx_destroy_remote += 1
         self.closed = True
         stream = self.stream
+        if stream is not None:
+            cs.upstream_cx_destroy_with_active_rq += 1
         if stream is not None:
             self.stream = None
             stream.on_upstream_lost(self)
@@ -288,6 +303,7 @@ class UpstreamConnection(asyncio.Protocol):
     # -- used by Stream / Host ----------------------------------------------------------------
     def send(self, stream: Stream, data: list[bytes]) -> None:
         assert self.transport is not None
+        self.host.cluster.stats.upstream_cx_tx_bytes_total += sum(map(len, data))
         self.stream = stream
         self.requests += 1
         self._reset_response()
@@ -349,6 +365,9 @@ class Host:
 
     def release(self, conn: UpstreamConnection) -> None:
         conn.stream = None
+        max_rq = self.cluster.max_requests_per_connection
+        if max_rq and conn.requests >= max_rq:
+            self.cluster.stats.upstream_cx_max_requests += 1
         if not conn.reusable or self.cluster.draining:
             conn.close()
             return
@@ -371,6 +390,7 @@ class Host:
         deadline = self.loop.time() - self.cluster.idle_timeout
         idle = self.idle
         while idle and idle[0].idle_since <= deadline:
+            self.cluster.stats.upstream_cx_idle_timeout += 1
             idle.popleft().close()
         if idle:
             self._timer = self.loop.call_at(
@@ -426,10 +446,17 @@ class Cluster:
         "loop",
         "max_requests_per_connection",
         "name",
+        "stats",
     )
 
-    def __init__(self, config: schema.Cluster, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        config: schema.Cluster,
+        loop: asyncio.AbstractEventLoop,
+        stats: ClusterStats | None = None,
+    ) -> None:
         self.config = config
+        self.stats = stats if stats is not None else ClusterStats()  # kept across reloads
         self.draining = False  # replaced by a reload: connections retire as they finish
         self.name = config.name
         self.loop = loop

@@ -17,6 +17,7 @@ from typing import Any, Literal, NamedTuple
 from udsproxy.config.schema import (
     AccessLog,
     Address,
+    Admin,
     Bootstrap,
     Cluster,
     DownstreamTls,
@@ -89,7 +90,8 @@ class _Converter:
 
     def bootstrap(self, root: Node) -> Bootstrap:
         # node is identity only: harmless
-        self.only(root, "", ("static_resources", "dynamic_resources", "node"))
+        self.only(root, "", ("static_resources", "dynamic_resources", "node", "admin"))
+        admin = self.admin(root.get("admin"), "admin")
         static = root.get("static_resources", {})
         self.only(static, "static_resources", ("listeners", "clusters"))
         dynamic = self.dynamic_resources(root.get("dynamic_resources"), "dynamic_resources")
@@ -114,8 +116,20 @@ class _Converter:
             listeners=tuple(x for x in listeners if x is not None),
             clusters=tuple(clusters),
             dynamic_resources=dynamic,
+            admin=admin,
             warnings=tuple(self.warnings),
         )
+
+    def admin(self, node: Node | None, path: str) -> Admin | None:
+        """The admin interface: an address of its own (never a proxy listener's)."""
+        if node is None:
+            return None
+        self.only(node, path, ("address",))
+        address = node.get("address")
+        if address is None:
+            return Admin(address=SocketAddress(address="127.0.0.1", port_value=9901))
+        converted = self.address(address, join(path, "address"), listener=True)
+        return Admin(address=converted) if converted is not None else None
 
     def check_route_clusters(self, cluster_names: Collection[str]) -> None:
         for path, name in self.route_clusters:

@@ -14,6 +14,7 @@ __all__ = [
     "DEFAULT_UPSTREAM_IDLE_TIMEOUT",
     "AccessLog",
     "Address",
+    "Admin",
     "Bootstrap",
     "Cluster",
     "DownstreamTls",
@@ -203,10 +204,18 @@ class Cluster:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Admin:
+    """The admin interface (admin.address). Bind it to loopback: it can stop the proxy."""
+
+    address: Address
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Bootstrap:
     listeners: tuple[Listener, ...] = ()
     clusters: tuple[Cluster, ...] = ()
     dynamic_resources: DynamicResources | None = None
+    admin: Admin | None = None
     # version_info of the CDS/LDS files merged into listeners/clusters ("" when none)
     cds_version: str = ""
     lds_version: str = ""

@@ -150,3 +150,16 @@ def test_cluster_without_load_assignment() -> None:
     assert refusals(bootstrap(load_assignment=None)) == [
         ("static_resources.clusters[0].load_assignment", "cluster 'c' has no endpoints")
     ]
+
+
+def test_admin_address_is_its_own_and_defaults_to_loopback() -> None:
+    from udsproxy.config.load import load_yaml
+    from udsproxy.config.schema import SocketAddress
+
+    b = load_yaml("admin:\n  address: {socket_address: {address: 127.0.0.1, port_value: 9902}}\n")
+    assert b.admin is not None and b.admin.address == SocketAddress(
+        address="127.0.0.1", port_value=9902
+    )
+    b = load_yaml("admin: {}\n")
+    assert b.admin is not None and str(b.admin.address) == "127.0.0.1:9901"
+    assert load_yaml("static_resources: {}\n").admin is None

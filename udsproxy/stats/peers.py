@@ -1,0 +1,153 @@
+"""Summing stats across worker processes at scrape time.
+
+Every worker answers its siblings on an abstract Unix socket named after the supervisor; the
+worker that receives an admin request asks the others for their raw stats and adds them to its
+own. Nothing is shared or locked on the request path: counters stay plain integers per worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import mmap
+import socket
+import struct
+from collections.abc import Callable
+
+from udsproxy.stats import DEFAULT_BUCKETS, Histogram, Snapshot
+from udsproxy.stats.store import Raw
+
+__all__ = ["PeerGroup", "RestartCounter", "merge", "to_snapshot"]
+
+log = logging.getLogger("udsproxy.stats.peers")
+
+_TIMEOUT = 2.0
+
+
+class RestartCounter:
+    """One integer the supervisor writes and every worker reads: a shared anonymous mapping,
+    created before fork."""
+
+    def __init__(self) -> None:
+        self._map = mmap.mmap(-1, 8)
+
+    def add(self, n: int = 1) -> None:
+        self._map[:8] = struct.pack("q", self.value + n)
+
+    @property
+    def value(self) -> int:
+        return int(struct.unpack("q", self._map[:8])[0])
+
+
+def _socket_name(group: int, index: int) -> str:
+    return f"\0udsproxy-{group}-stats-{index}"
+
+
+def merge(parts: list[Raw]) -> Raw:
+    counters: dict[str, int] = {}
+    gauges: dict[str, int] = {}
+    hists: dict[str, list[float]] = {}
+    for c, g, h in parts:
+        for k, v in c.items():
+            counters[k] = counters.get(k, 0) + v
+        for k, v in g.items():
+            # per-process gauges (memory, uptime) add up too; uptime is the same everywhere
+            gauges[k] = gauges.get(k, 0) + v if k != "server.uptime" else max(gauges.get(k, 0), v)
+        for k, vals in h.items():
+            acc = hists.get(k)
+            hists[k] = (
+                list(vals) if acc is None else [a + b for a, b in zip(acc, vals, strict=True)]
+            )
+    return counters, gauges, hists
+
+
+def to_snapshot(raw: Raw) -> Snapshot:
+    counters, gauges, hists = raw
+    return Snapshot(
+        counters=counters,
+        gauges=gauges,
+        histograms={
+            name: Histogram(
+                bounds=DEFAULT_BUCKETS,
+                counts=tuple(int(x) for x in vals[2:]),
+                sum=vals[0],
+                count=int(vals[1]),
+            )
+            for name, vals in hists.items()
+        },
+    )
+
+
+class PeerGroup:
+    def __init__(
+        self,
+        group: int,
+        index: int,
+        workers: int,
+        local: Callable[[], Raw],
+        reset: Callable[[], None],
+    ) -> None:
+        self.group = group
+        self.index = index
+        self.workers = workers
+        self._local = local
+        self._reset = reset
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        if self.workers > 1:
+            self._server = await asyncio.start_unix_server(
+                self._answer, path=_socket_name(self.group, self.index)
+            )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            command = (await reader.readline()).strip()
+            if command == b"reset":
+                self._reset()
+                writer.write(b"{}")
+            else:
+                writer.write(json.dumps(self._local()).encode())
+            await writer.drain()
+        writer.close()
+
+    async def _ask(self, index: int, command: bytes) -> Raw | None:
+        try:
+            # uvloop cannot connect to an abstract name by path: connect, then hand it over
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.setblocking(False)
+                sock.connect(_socket_name(self.group, index))
+            except OSError:
+                sock.close()
+                raise
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(sock=sock), _TIMEOUT
+            )
+            writer.write(command + b"\n")
+            data = await asyncio.wait_for(reader.read(), _TIMEOUT)
+            writer.close()
+        except (OSError, TimeoutError) as exc:
+            log.warning("worker %d did not answer for stats: %s", index, exc)
+            return None
+        if command != b"stats":
+            return None
+        counters, gauges, hists = json.loads(data)
+        return counters, gauges, hists
+
+    async def collect(self) -> Raw:
+        """Everyone's stats, summed; a worker that does not answer (restarting) is left out."""
+        others = [i for i in range(self.workers) if i != self.index]
+        answers = await asyncio.gather(*(self._ask(i, b"stats") for i in others))
+        return merge([self._local(), *(a for a in answers if a is not None)])
+
+    async def reset(self) -> None:
+        self._reset()
+        others = [i for i in range(self.workers) if i != self.index]
+        await asyncio.gather(*(self._ask(i, b"reset") for i in others))

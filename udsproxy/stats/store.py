@@ -1,0 +1,284 @@
+"""Per-worker stats: plain integers in slotted objects, named the Envoy way only at scrape time.
+
+The data path increments attributes (no locks, no metric objects, no formatting); a scrape
+walks these objects and produces ``{dotted_name: value}`` plus histogram bucket counts, which
+are summed across worker processes and rendered by ``udsproxy.stats.render``.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any
+
+from udsproxy.stats import DEFAULT_BUCKETS
+
+__all__ = ["ClusterStats", "Hist", "HttpStats", "ListenerStats", "Raw", "StatsStore"]
+
+# (counters, gauges, histograms): histograms as name -> [sum, count, *bucket counts]
+Raw = tuple[dict[str, int], dict[str, int], dict[str, list[float]]]
+
+_BOUNDS = DEFAULT_BUCKETS
+
+
+class Hist:
+    """Envoy-bucketed histogram in ms: one bisect and two adds per sample."""
+
+    __slots__ = ("count", "counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_BOUNDS) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def record(self, ms: float) -> None:
+        self.counts[bisect.bisect_left(_BOUNDS, ms)] += 1
+        self.sum += ms
+        self.count += 1
+
+    def raw(self) -> list[float]:
+        return [self.sum, float(self.count), *map(float, self.counts)]
+
+
+def _dump(obj: Any, prefix: str, counters: dict[str, int], gauges: dict[str, int]) -> None:
+    for name in obj.COUNTERS:
+        counters[prefix + name] = getattr(obj, name)
+    for name in obj.GAUGES:
+        gauges[prefix + name] = getattr(obj, name)
+
+
+def _reset(obj: Any) -> None:
+    for name in obj.COUNTERS:
+        setattr(obj, name, 0)
+
+
+_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+def _counters(annotations: dict[str, Any], gauges: tuple[str, ...]) -> tuple[str, ...]:
+    """A stats class's counters: its annotated names that are not gauges."""
+    return tuple(n for n in annotations if n not in gauges)
+
+
+class HttpStats:
+    """http.<stat_prefix>.* (the connection manager and its router)."""
+
+    downstream_cx_total: int
+    downstream_cx_http1_total: int
+    downstream_cx_destroy: int
+    downstream_cx_destroy_remote: int
+    downstream_cx_destroy_local: int
+    downstream_cx_destroy_active_rq: int
+    downstream_cx_protocol_error: int
+    downstream_cx_rx_bytes_total: int
+    downstream_cx_tx_bytes_total: int
+    downstream_cx_idle_timeout: int
+    downstream_cx_drain_close: int
+    downstream_cx_upgrades_total: int
+    downstream_rq_total: int
+    downstream_rq_http1_total: int
+    downstream_rq_completed: int
+    downstream_rq_rx_reset: int
+    downstream_rq_tx_reset: int
+    downstream_rq_too_large: int
+    downstream_rq_ws_on_non_ws_route: int
+    downstream_rq_idle_timeout: int
+    downstream_rq_response_before_rq_complete: int
+    downstream_rq_non_relative_path: int
+    no_route: int
+    no_cluster: int
+    rq_total: int
+    downstream_cx_active: int  # gauge
+    downstream_cx_http1_active: int  # gauge
+    downstream_cx_upgrades_active: int  # gauge
+    downstream_rq_active: int  # gauge
+    GAUGES = (
+        "downstream_cx_active",
+        "downstream_cx_http1_active",
+        "downstream_cx_upgrades_active",
+        "downstream_rq_active",
+    )
+    COUNTERS = _counters(__annotations__, GAUGES)
+    __slots__ = (*COUNTERS, *GAUGES, "rq_class", "rq_time")
+
+    def __init__(self) -> None:
+        for name in self.COUNTERS + self.GAUGES:
+            setattr(self, name, 0)
+        self.rq_class = [0] * 6  # index: status // 100
+        self.rq_time = Hist()
+
+    def dump(
+        self,
+        prefix: str,
+        counters: dict[str, int],
+        gauges: dict[str, int],
+        hists: dict[str, list[float]],
+    ) -> None:
+        _dump(self, prefix, counters, gauges)
+        for i, cls in enumerate(_CLASSES, 1):
+            counters[f"{prefix}downstream_rq_{cls}"] = self.rq_class[i]
+        hists[prefix + "downstream_rq_time"] = self.rq_time.raw()
+
+    def reset(self) -> None:
+        _reset(self)
+        self.rq_class = [0] * 6
+        self.rq_time = Hist()
+
+
+class ListenerStats:
+    """listener.<address>.* and the per-listener HTTP response classes."""
+
+    downstream_cx_total: int
+    downstream_cx_destroy: int
+    downstream_cx_active: int  # gauge
+    GAUGES = ("downstream_cx_active",)
+    COUNTERS = _counters(__annotations__, GAUGES)
+    __slots__ = (*COUNTERS, *GAUGES, "rq_class", "rq_completed")
+
+    def __init__(self) -> None:
+        for name in self.COUNTERS + self.GAUGES:
+            setattr(self, name, 0)
+        self.rq_class = [0] * 6
+        self.rq_completed = 0
+
+    def dump(
+        self, prefix: str, http_prefix: str, counters: dict[str, int], gauges: dict[str, int]
+    ) -> None:
+        _dump(self, prefix, counters, gauges)
+        for i, cls in enumerate(_CLASSES, 1):
+            counters[f"{prefix}http.{http_prefix}.downstream_rq_{cls}"] = self.rq_class[i]
+        counters[f"{prefix}http.{http_prefix}.downstream_rq_completed"] = self.rq_completed
+
+    def reset(self) -> None:
+        _reset(self)
+        self.rq_class = [0] * 6
+        self.rq_completed = 0
+
+
+class ClusterStats:
+    """cluster.<name>.*"""
+
+    upstream_cx_total: int
+    upstream_cx_http1_total: int
+    upstream_cx_connect_fail: int
+    upstream_cx_connect_timeout: int
+    upstream_cx_idle_timeout: int
+    upstream_cx_destroy: int
+    upstream_cx_destroy_local: int
+    upstream_cx_destroy_remote: int
+    upstream_cx_destroy_with_active_rq: int
+    upstream_cx_rx_bytes_total: int
+    upstream_cx_tx_bytes_total: int
+    upstream_cx_protocol_error: int
+    upstream_cx_max_requests: int
+    upstream_cx_none_healthy: int
+    upstream_rq_total: int
+    upstream_rq_completed: int
+    upstream_rq_timeout: int
+    upstream_rq_retry: int
+    upstream_rq_retry_success: int
+    upstream_rq_rx_reset: int
+    upstream_rq_tx_reset: int
+    upstream_rq_cancelled: int
+    upstream_rq_pending_total: int
+    upstream_cx_active: int  # gauge
+    upstream_rq_active: int  # gauge
+    upstream_rq_pending_active: int  # gauge
+    membership_total: int  # gauge
+    membership_healthy: int  # gauge
+    uds_socket_present: int  # gauge
+    uds_fs_used_bytes: int  # gauge
+    uds_fs_total_bytes: int  # gauge
+    GAUGES = (
+        "upstream_cx_active",
+        "upstream_rq_active",
+        "upstream_rq_pending_active",
+        "membership_total",
+        "membership_healthy",
+        "uds_socket_present",
+        "uds_fs_used_bytes",
+        "uds_fs_total_bytes",
+    )
+    COUNTERS = _counters(__annotations__, GAUGES)
+    __slots__ = (*COUNTERS, *GAUGES, "codes", "rq_time")
+
+    def __init__(self) -> None:
+        for name in self.COUNTERS + self.GAUGES:
+            setattr(self, name, 0)
+        self.codes: dict[int, int] = {}  # status -> count; classes are derived at scrape
+        self.rq_time = Hist()
+
+    def record_code(self, code: int) -> None:
+        codes = self.codes
+        codes[code] = codes.get(code, 0) + 1
+
+    def dump(
+        self,
+        prefix: str,
+        counters: dict[str, int],
+        gauges: dict[str, int],
+        hists: dict[str, list[float]],
+    ) -> None:
+        _dump(self, prefix, counters, gauges)
+        classes = [0] * 6
+        for code, n in self.codes.items():
+            counters[f"{prefix}upstream_rq_{code}"] = n
+            if 100 <= code < 600:
+                classes[code // 100] += n
+        for i, cls in enumerate(_CLASSES, 1):
+            counters[f"{prefix}upstream_rq_{cls}"] = classes[i]
+        hists[prefix + "upstream_rq_time"] = self.rq_time.raw()
+
+    def reset(self) -> None:
+        _reset(self)
+        self.codes = {}
+        self.rq_time = Hist()
+
+
+class StatsStore:
+    """All stats of one worker, keyed the way Envoy names them, surviving reloads."""
+
+    def __init__(self) -> None:
+        self.http: dict[str, HttpStats] = {}
+        self.listeners: dict[str, tuple[ListenerStats, str]] = {}
+        self.clusters: dict[str, ClusterStats] = {}
+
+    def http_for(self, stat_prefix: str) -> HttpStats:
+        stats = self.http.get(stat_prefix)
+        if stats is None:
+            stats = self.http[stat_prefix] = HttpStats()
+        return stats
+
+    def listener_for(self, address: str, stat_prefix: str) -> ListenerStats:
+        # Envoy's listener stat name is its address with ':' as '_' ("0.0.0.0_10000")
+        key = address.replace(":", "_")
+        entry = self.listeners.get(key)
+        if entry is None:
+            entry = self.listeners[key] = (ListenerStats(), stat_prefix)
+        return entry[0]
+
+    def cluster_for(self, name: str) -> ClusterStats:
+        stats = self.clusters.get(name)
+        if stats is None:
+            stats = self.clusters[name] = ClusterStats()
+        return stats
+
+    def raw(self) -> Raw:
+        counters: dict[str, int] = {}
+        gauges: dict[str, int] = {}
+        hists: dict[str, list[float]] = {}
+        for prefix, hs in self.http.items():
+            hs.dump(f"http.{prefix}.", counters, gauges, hists)
+        for key, (ls, http_prefix) in self.listeners.items():
+            ls.dump(f"listener.{key}.", http_prefix, counters, gauges)
+        for name, cs in self.clusters.items():
+            cs.dump(f"cluster.{name}.", counters, gauges, hists)
+        return counters, gauges, hists
+
+    def reset(self) -> None:
+        """/reset_counters: counters and histograms to zero; gauges keep their value."""
+        for hs in self.http.values():
+            hs.reset()
+        for ls, _prefix in self.listeners.values():
+            ls.reset()
+        for cs in self.clusters.values():
+            cs.reset()
