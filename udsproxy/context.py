@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from bisect import bisect_left
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -11,7 +12,7 @@ from udsproxy import splice
 from udsproxy.config import schema
 from udsproxy.flags import ResponseFlag
 from udsproxy.router import Router
-from udsproxy.stats.store import StatsStore
+from udsproxy.stats.store import BOUNDS, StatsStore
 from udsproxy.stream import Stream
 from udsproxy.streaminfo import Peer, StreamInfo
 
@@ -113,15 +114,14 @@ class ListenerContext:
         ls = self.listener_stats
         code = s.response_code
         klass = code // 100 if code < 600 else 0
-        hs.downstream_rq_total += 1
-        hs.downstream_rq_http1_total += 1
-        hs.downstream_rq_completed += 1
-        hs.rq_class[klass] += 1
+        hs.rq_class[klass] += 1  # totals are sums of the classes, taken at scrape time
         ls.rq_class[klass] += 1
-        ls.rq_completed += 1
         end = s.end_mono or s.start_mono
         ms = (end - s.start_mono) * 1000.0
-        hs.rq_time.record(ms)
+        bucket = bisect_left(BOUNDS, ms)  # the histogram update, inlined: hot path
+        hist = hs.rq_time
+        hist.counts[bucket] += 1
+        hist.sum += ms
         flags = s.response_flags
         if flags:
             if flags & ResponseFlag.NR:
@@ -140,11 +140,14 @@ class ListenerContext:
         if host is not None:
             hs.rq_total += 1
             cs = host.cluster.stats
-            cs.upstream_rq_total += 1
-            cs.upstream_rq_completed += 1
             if code:
-                cs.record_code(code)
-            cs.rq_time.record(ms)
+                codes = cs.codes
+                codes[code] = codes.get(code, 0) + 1
+            else:
+                cs.no_response += 1
+            hist = cs.rq_time
+            hist.counts[bucket] += 1
+            hist.sum += ms
             if s.retried:
                 cs.upstream_rq_retry += 1
             if flags:

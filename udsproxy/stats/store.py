@@ -7,36 +7,35 @@ are summed across worker processes and rendered by ``udsproxy.stats.render``.
 
 from __future__ import annotations
 
-import bisect
+from bisect import bisect_left
 from typing import Any
 
 from udsproxy.stats import DEFAULT_BUCKETS
 
-__all__ = ["ClusterStats", "Hist", "HttpStats", "ListenerStats", "Raw", "StatsStore"]
+__all__ = ["BOUNDS", "ClusterStats", "Hist", "HttpStats", "ListenerStats", "Raw", "StatsStore"]
 
 # (counters, gauges, histograms): histograms as name -> [sum, count, *bucket counts]
 Raw = tuple[dict[str, int], dict[str, int], dict[str, list[float]]]
 
-_BOUNDS = DEFAULT_BUCKETS
+_BOUNDS = BOUNDS = DEFAULT_BUCKETS
 
 
 class Hist:
-    """Envoy-bucketed histogram in ms: one bisect and two adds per sample."""
+    """Envoy-bucketed histogram in ms: one bisect and two adds per sample (the count is the
+    sum of the buckets, taken at scrape time)."""
 
-    __slots__ = ("count", "counts", "sum")
+    __slots__ = ("counts", "sum")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(_BOUNDS) + 1)
         self.sum = 0.0
-        self.count = 0
 
     def record(self, ms: float) -> None:
-        self.counts[bisect.bisect_left(_BOUNDS, ms)] += 1
+        self.counts[bisect_left(_BOUNDS, ms)] += 1
         self.sum += ms
-        self.count += 1
 
     def raw(self) -> list[float]:
-        return [self.sum, float(self.count), *map(float, self.counts)]
+        return [self.sum, float(sum(self.counts)), *map(float, self.counts)]
 
 
 def _dump(obj: Any, prefix: str, counters: dict[str, int], gauges: dict[str, int]) -> None:
@@ -74,9 +73,6 @@ class HttpStats:
     downstream_cx_idle_timeout: int
     downstream_cx_drain_close: int
     downstream_cx_upgrades_total: int
-    downstream_rq_total: int
-    downstream_rq_http1_total: int
-    downstream_rq_completed: int
     downstream_rq_rx_reset: int
     downstream_rq_tx_reset: int
     downstream_rq_too_large: int
@@ -116,6 +112,11 @@ class HttpStats:
         _dump(self, prefix, counters, gauges)
         for i, cls in enumerate(_CLASSES, 1):
             counters[f"{prefix}downstream_rq_{cls}"] = self.rq_class[i]
+        # every finished request is counted once, by its class; these are sums of it
+        total = sum(self.rq_class)
+        counters[prefix + "downstream_rq_total"] = total
+        counters[prefix + "downstream_rq_http1_total"] = total
+        counters[prefix + "downstream_rq_completed"] = total
         hists[prefix + "downstream_rq_time"] = self.rq_time.raw()
 
     def reset(self) -> None:
@@ -132,13 +133,12 @@ class ListenerStats:
     downstream_cx_active: int  # gauge
     GAUGES = ("downstream_cx_active",)
     COUNTERS = _counters(__annotations__, GAUGES)
-    __slots__ = (*COUNTERS, *GAUGES, "rq_class", "rq_completed")
+    __slots__ = (*COUNTERS, *GAUGES, "rq_class")
 
     def __init__(self) -> None:
         for name in self.COUNTERS + self.GAUGES:
             setattr(self, name, 0)
         self.rq_class = [0] * 6
-        self.rq_completed = 0
 
     def dump(
         self, prefix: str, http_prefix: str, counters: dict[str, int], gauges: dict[str, int]
@@ -146,12 +146,11 @@ class ListenerStats:
         _dump(self, prefix, counters, gauges)
         for i, cls in enumerate(_CLASSES, 1):
             counters[f"{prefix}http.{http_prefix}.downstream_rq_{cls}"] = self.rq_class[i]
-        counters[f"{prefix}http.{http_prefix}.downstream_rq_completed"] = self.rq_completed
+        counters[f"{prefix}http.{http_prefix}.downstream_rq_completed"] = sum(self.rq_class)
 
     def reset(self) -> None:
         _reset(self)
         self.rq_class = [0] * 6
-        self.rq_completed = 0
 
 
 class ClusterStats:
@@ -171,8 +170,6 @@ class ClusterStats:
     upstream_cx_protocol_error: int
     upstream_cx_max_requests: int
     upstream_cx_none_healthy: int
-    upstream_rq_total: int
-    upstream_rq_completed: int
     upstream_rq_timeout: int
     upstream_rq_retry: int
     upstream_rq_retry_success: int
@@ -199,17 +196,14 @@ class ClusterStats:
         "uds_fs_total_bytes",
     )
     COUNTERS = _counters(__annotations__, GAUGES)
-    __slots__ = (*COUNTERS, *GAUGES, "codes", "rq_time")
+    __slots__ = (*COUNTERS, *GAUGES, "codes", "no_response", "rq_time")
 
     def __init__(self) -> None:
         for name in self.COUNTERS + self.GAUGES:
             setattr(self, name, 0)
         self.codes: dict[int, int] = {}  # status -> count; classes are derived at scrape
+        self.no_response = 0  # upstream requests that ended without any status (client left)
         self.rq_time = Hist()
-
-    def record_code(self, code: int) -> None:
-        codes = self.codes
-        codes[code] = codes.get(code, 0) + 1
 
     def dump(
         self,
@@ -226,11 +220,15 @@ class ClusterStats:
                 classes[code // 100] += n
         for i, cls in enumerate(_CLASSES, 1):
             counters[f"{prefix}upstream_rq_{cls}"] = classes[i]
+        total = sum(self.codes.values()) + self.no_response
+        counters[prefix + "upstream_rq_total"] = total
+        counters[prefix + "upstream_rq_completed"] = total
         hists[prefix + "upstream_rq_time"] = self.rq_time.raw()
 
     def reset(self) -> None:
         _reset(self)
         self.codes = {}
+        self.no_response = 0
         self.rq_time = Hist()
 
 
