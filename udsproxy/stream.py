@@ -344,7 +344,7 @@ class Stream(StreamInfo):
         assert host is not None
         try:
             up = await host.connect()
-        except (TimeoutError, OSError) as exc:
+        except Exception as exc:  # any failure to connect is a 503 UF, never a hung request
             self._on_connect_failed(exc)
             return
         if self.done or self.upstream is not None:

@@ -414,9 +414,7 @@ class Host:
             await self.loop.create_unix_connection(lambda: conn, sock=sock)
         else:
             await asyncio.wait_for(
-                self.loop.create_connection(
-                    lambda: conn, address.address, address.port_value, happy_eyeballs_delay=None
-                ),
+                self.loop.create_connection(lambda: conn, address.address, address.port_value),
                 self.cluster.connect_timeout or None,
             )
             sock_obj = conn.transport.get_extra_info("socket") if conn.transport else None

@@ -99,3 +99,37 @@ async def _scenario() -> list[bytes]:
 
 def test_abstract_socket_upstream() -> None:
     assert uvloop.run(_scenario()) == [b"abstract:/one", b"abstract:/two"]
+
+
+async def _tcp_scenario() -> tuple[bytes, bytes]:
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntcp")
+        await writer.drain()
+        writer.close()
+
+    up = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    port = up.sockets[0].getsockname()[1]
+    cfg = _config("unused")
+    clusters = cfg["static_resources"]["clusters"]  # type: ignore[index]
+    endpoint = clusters[0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    endpoint["address"] = {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+    server = await Server.start(cfg)
+    try:
+        host, lport = server.address()
+        out = []
+        for _ in range(2):
+            reader, writer = await asyncio.open_connection(host, lport)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            out.append(await asyncio.wait_for(reader.read(), 5))
+            writer.close()
+        return out[0], out[1]
+    finally:
+        await server.stop()
+        up.close()
+
+
+def test_tcp_upstream_endpoint() -> None:
+    first, second = uvloop.run(_tcp_scenario())
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n") and first.endswith(b"tcp")
+    assert second.startswith(b"HTTP/1.1 200 OK\r\n")

@@ -1,0 +1,1 @@
+"""udsproxy's benchmark harness: ``python -m benchmarks`` (see harness.py and the README)."""
