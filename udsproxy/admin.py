@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from udsproxy import __version__
+from udsproxy.config.schema import Pipe
+from udsproxy.server import pipe_gauges
 from udsproxy.stats.peers import PeerGroup, to_snapshot
 from udsproxy.stats.render import render_json, render_prometheus, render_text
 
@@ -149,8 +151,29 @@ class AdminServer:
         return self.server.state
 
     def upstream_present(self) -> bool:
-        counters_gauges = self.server.raw_stats()[1]
-        return any(v > 0 for k, v in counters_gauges.items() if k.endswith(".uds_socket_present"))
+        """Whether any cluster's pipe endpoint socket exists (every worker sees the same files)."""
+        return any(
+            pipe_gauges("", [h.address for h in cluster.hosts if isinstance(h.address, Pipe)])[
+                "uds_socket_present"
+            ]
+            for cluster in self.server.clusters.values()
+        )
+
+    async def apply(self, command: str, arg: str) -> None:
+        """An admin command in this process; ``peers.broadcast`` runs it in every worker."""
+        server = self.server
+        if command in ("hc_fail", "hc_ok"):
+            self.healthcheck_failed = command == "hc_fail"
+            server.discourage_keepalive(self.healthcheck_failed)
+        elif command == "drain":
+            await server.drain_listeners()
+        elif command == "reset":
+            server.reset_counters()
+        elif command == "logging":
+            for name, level in json.loads(arg).items():
+                logging.getLogger(name).setLevel(level)
+        else:
+            log.warning("unknown admin command from a sibling worker: %r", command)
 
 
 def _reason(status: int) -> bytes:
@@ -278,21 +301,19 @@ def _addr(a: tuple[str, int] | str) -> str:
 # -- POST endpoints --------------------------------------------------------------------------------
 @_endpoint("/healthcheck/fail", "answer every response with connection: close", post=True)
 async def _hc_fail(admin: AdminServer, q: dict[str, str]) -> tuple[int, str, bytes]:
-    admin.healthcheck_failed = True
-    admin.server.discourage_keepalive(True)
+    await admin.peers.broadcast("hc_fail")
     return _text("OK\n")
 
 
 @_endpoint("/healthcheck/ok", "undo /healthcheck/fail", post=True)
 async def _hc_ok(admin: AdminServer, q: dict[str, str]) -> tuple[int, str, bytes]:
-    admin.healthcheck_failed = False
-    admin.server.discourage_keepalive(False)
+    await admin.peers.broadcast("hc_ok")
     return _text("OK\n")
 
 
 @_endpoint("/drain_listeners", "stop accepting (?graceful: close keep-alives first)", post=True)
 async def _drain(admin: AdminServer, q: dict[str, str]) -> tuple[int, str, bytes]:
-    await admin.server.drain_listeners()
+    await admin.peers.broadcast("drain")
     return _text("OK\n")
 
 
@@ -309,12 +330,14 @@ async def _logging(admin: AdminServer, q: dict[str, str]) -> tuple[int, str, byt
     levels = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
               "warning": logging.WARNING, "warn": logging.WARNING, "error": logging.ERROR,
               "critical": logging.CRITICAL, "off": logging.CRITICAL + 10}  # fmt: skip
+    wanted: dict[str, int] = {}
     for key, value in q.items():
         level = levels.get(value.lower())
         if level is None:
             raise ValueError(f"unknown log level '{value}'")
         name = "udsproxy" if key == "level" else f"udsproxy.{key.removeprefix('udsproxy.')}"
-        logging.getLogger(name).setLevel(level)
+        wanted[name] = level
+    await admin.peers.broadcast("logging", json.dumps(wanted))
     return _text(
         "active loggers:\n"
         + "".join(
@@ -326,5 +349,5 @@ async def _logging(admin: AdminServer, q: dict[str, str]) -> tuple[int, str, byt
 
 @_endpoint("/reset_counters", "reset every counter to zero", post=True)
 async def _reset(admin: AdminServer, q: dict[str, str]) -> tuple[int, str, bytes]:
-    await admin.peers.reset()
+    await admin.peers.broadcast("reset")
     return _text("OK\n")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import socket
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -65,6 +64,7 @@ class DownstreamConnection(asyncio.Protocol):
         "_stopped",
         "_timer",
         "_timer_when",
+        "_unread",
         "active",
         "body_buffered",
         "closed",
@@ -116,6 +116,7 @@ class DownstreamConnection(asyncio.Protocol):
         self._linger: asyncio.TimerHandle | None = None
         self._starting = False
         self._stopped = False
+        self._unread = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
 
@@ -132,9 +133,7 @@ class DownstreamConnection(asyncio.Protocol):
             local = transport.get_extra_info("sockname")
             if isinstance(local, tuple):
                 self.local = Peer(local[0], local[1])
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # (uvloop already sets TCP_NODELAY on TCP transports)
         limit = ctx.buffer_limit
         transport.set_write_buffer_limits(high=limit, low=limit // 2)
         self.last_io = self.loop.time()
@@ -155,6 +154,7 @@ class DownstreamConnection(asyncio.Protocol):
             self.tunnel.on_downstream_tunnel_data(data)
             return
         if self._block & BLOCK_DONE:
+            self._unread = True  # bytes nobody will read: close with a delayed close
             return  # after an error, an upgrade or while closing nothing more is parsed
         if self._in_head:
             self._head_fed += len(data)
@@ -168,6 +168,8 @@ class DownstreamConnection(asyncio.Protocol):
             else:
                 self._on_parse_error()
         else:
+            if self._stopped:
+                self._pause(BLOCK_DONE)
             if self._in_head and self._head_fed > self.ctx.max_header_bytes:
                 self._error = http1.HEADERS_TOO_LARGE
                 self._on_parse_error()
@@ -233,6 +235,9 @@ class DownstreamConnection(asyncio.Protocol):
         # No on_message_begin: one callback fewer per request; the URL always comes first.
         s = self.cur
         if s is None:
+            if self._stopped:
+                self._unread = True  # a request after "Connection: close": never read
+                raise _Stop
             s = self.cur = self.ctx.new_stream(self)
             self._header_bytes = 0
             self._header_count = 0
@@ -289,7 +294,6 @@ class DownstreamConnection(asyncio.Protocol):
         s.on_request_complete()
         if not s.keep_alive:
             self._stopped = True  # bytes after a "Connection: close" request are not parsed
-            raise _Stop
 
     # -- errors and upgrades ---------------------------------------------------------------
     def _reject(self, reply: http1.LocalReply) -> None:
@@ -352,7 +356,8 @@ class DownstreamConnection(asyncio.Protocol):
         if self.closed:
             return
         if close or self.ctx.draining:
-            self.close()
+            # a delayed close only where request bytes may be left unread
+            self.close(linger=not s.request_complete or self._unread or self._error is not None)
             return
         if self.queue:
             self._start_next()
@@ -394,11 +399,12 @@ class DownstreamConnection(asyncio.Protocol):
             else:
                 self.transport.writelines(out)
 
-    def close(self) -> None:
+    def close(self, linger: bool = True) -> None:
         """Close after everything written so far has been sent.
 
-        Like Envoy's delayed close: send FIN, then read and discard for up to a second, so
-        unread request bytes do not make the kernel reset the response the client is reading.
+        With ``linger``, like Envoy's delayed close: send FIN, then read and discard for up to
+        a second, so unread request bytes do not make the kernel reset the response the client
+        is reading.
         """
         transport = self.transport
         if transport is None or transport.is_closing() or self._linger is not None:
@@ -408,7 +414,7 @@ class DownstreamConnection(asyncio.Protocol):
             self.ctx.http_stats.downstream_cx_drain_close += 1
         if self.out:
             self.uncork()
-        if self.closed or not transport.can_write_eof():
+        if self.closed or not linger or not transport.can_write_eof():
             transport.close()
             return
         transport.write_eof()

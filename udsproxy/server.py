@@ -61,6 +61,18 @@ class _ListenerSlot:
         self.tls: TlsContexts | None = TlsContexts(config.tls) if config.tls else None
         self.bound: tuple[str, int] | str = ""
         self.owns_path = True  # an inherited pipe socket belongs to the supervisor
+        self.shared: socket.socket | None = None  # inherited: the supervisor holds it too
+
+    def stop_accepting(self) -> None:
+        if self.shared is not None:
+            # The supervisor keeps its copy open, so closing ours leaves the kernel accepting
+            # into a backlog nobody reads. shutdown() ends the listen for every process; it
+            # must come first, as closing the server closes our descriptor.
+            with contextlib.suppress(OSError):
+                self.shared.shutdown(socket.SHUT_RD)
+            self.shared = None
+        if self.server is not None:
+            self.server.close()
 
     def new_connection(self) -> DownstreamConnection:
         return DownstreamConnection(self.ctx)
@@ -282,6 +294,7 @@ class Server:
         ssl_ctx = slot.tls.front if slot.tls is not None else None
         inherited = self.inherited.pop(config.name, None)
         slot.owns_path = inherited is None
+        slot.shared = inherited
         if isinstance(address, schema.SocketAddress):
             if inherited is not None:
                 srv = await self.loop.create_server(
@@ -317,8 +330,7 @@ class Server:
         return slot
 
     async def _close_slot(self, slot: _ListenerSlot) -> None:
-        if slot.server is not None:
-            slot.server.close()
+        slot.stop_accepting()
         for ctx in slot.contexts():
             ctx.drain()
         address = slot.config.address
@@ -349,6 +361,8 @@ class Server:
             gauges["server.uptime"] = int(time.time() - self.started_at)
             gauges["server.concurrency"] = self.concurrency
             counters["server.worker_restarts"] = self.restarts.value if self.restarts else 0
+            for name in [n for n in counters if n.endswith(".version")]:
+                gauges[name] = counters.pop(name)  # Envoy: a gauge (the version's hash)
         else:
             for name in [n for n in gauges if n.startswith("cluster.") and ".uds_" in n]:
                 del gauges[name]  # the filesystem is the same for every worker
@@ -366,8 +380,7 @@ class Server:
     async def drain_listeners(self) -> None:
         """/drain_listeners: stop accepting; open connections finish and close."""
         for slot in self.slots.values():
-            if slot.server is not None:
-                slot.server.close()
+            slot.stop_accepting()
             for ctx in slot.contexts():
                 ctx.drain()
         self.state = "DRAINING"

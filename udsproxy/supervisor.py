@@ -64,15 +64,15 @@ async def serve(
     server.primary = not worker  # one process publishes the process-wide server.* stats
     server.concurrency = workers
     server.restarts = restarts
-    peers = PeerGroup(
-        group or os.getpid(), worker or 0, workers, server.raw_stats, server.reset_counters
-    )
-    await peers.start()
+    peers = PeerGroup(group or os.getpid(), worker or 0, workers, server.raw_stats, _no_command)
     admin: AdminServer | None = None
     if server.bootstrap.admin is not None:
         admin = AdminServer(
             server, peers, ready_requires_upstream=ready_requires_upstream, options=options
         )
+        peers.apply = admin.apply
+    await peers.start()
+    if admin is not None and server.bootstrap.admin is not None:
         await _start_admin(
             admin,
             server.bootstrap.admin.address,
@@ -103,6 +103,10 @@ async def serve(
     if admin is not None:
         await admin.stop()
     await peers.stop()
+
+
+async def _no_command(command: str, arg: str) -> None:
+    """Without an admin interface no sibling sends commands."""
 
 
 ADMIN_KEY = "\0admin"  # the admin socket's key among the inherited listener sockets

@@ -1,8 +1,10 @@
-"""Summing stats across worker processes at scrape time.
+"""Summing stats across worker processes at scrape time, and admin commands sent to all.
 
 Every worker answers its siblings on an abstract Unix socket named after the supervisor; the
 worker that receives an admin request asks the others for their raw stats and adds them to its
 own. Nothing is shared or locked on the request path: counters stay plain integers per worker.
+A mutating admin request (/healthcheck/fail, /drain_listeners, /logging, /reset_counters)
+reaches one worker through the shared admin socket; ``broadcast`` applies it in every worker.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import mmap
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from udsproxy.stats import DEFAULT_BUCKETS, Histogram, Snapshot
 from udsproxy.stats.store import Raw
@@ -87,13 +89,14 @@ class PeerGroup:
         index: int,
         workers: int,
         local: Callable[[], Raw],
-        reset: Callable[[], None],
+        apply: Callable[[str, str], Awaitable[None]],
     ) -> None:
         self.group = group
         self.index = index
         self.workers = workers
         self._local = local
-        self._reset = reset
+        # runs an admin command in this process: (name, argument)
+        self.apply = apply
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -108,16 +111,17 @@ class PeerGroup:
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-            command = (await reader.readline()).strip()
-            if command == b"reset":
-                self._reset()
-                writer.write(b"{}")
-            else:
+            line = (await reader.readline()).strip().decode("utf-8", "replace")
+            command, _, arg = line.partition(" ")
+            if command == "stats":
                 writer.write(json.dumps(self._local()).encode())
+            else:
+                await self.apply(command, arg)
+                writer.write(b"{}")
             await writer.drain()
         writer.close()
 
-    async def _ask(self, index: int, command: bytes) -> Raw | None:
+    async def _ask(self, index: int, command: str) -> Raw | None:
         try:
             # uvloop cannot connect to an abstract name by path: connect, then hand it over
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -130,13 +134,13 @@ class PeerGroup:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(sock=sock), _TIMEOUT
             )
-            writer.write(command + b"\n")
+            writer.write(command.encode() + b"\n")
             data = await asyncio.wait_for(reader.read(), _TIMEOUT)
             writer.close()
         except (OSError, TimeoutError) as exc:
             log.warning("worker %d did not answer for stats: %s", index, exc)
             return None
-        if command != b"stats":
+        if command != "stats":
             return None
         counters, gauges, hists = json.loads(data)
         return counters, gauges, hists
@@ -144,10 +148,13 @@ class PeerGroup:
     async def collect(self) -> Raw:
         """Everyone's stats, summed; a worker that does not answer (restarting) is left out."""
         others = [i for i in range(self.workers) if i != self.index]
-        answers = await asyncio.gather(*(self._ask(i, b"stats") for i in others))
+        answers = await asyncio.gather(*(self._ask(i, "stats") for i in others))
         return merge([self._local(), *(a for a in answers if a is not None)])
 
-    async def reset(self) -> None:
-        self._reset()
+    async def broadcast(self, command: str, arg: str = "") -> None:
+        """Run an admin command here and in every other worker (one line: no newlines)."""
+        if "\n" in command or "\n" in arg:
+            raise ValueError("an admin command is one line")
+        await self.apply(command, arg)
         others = [i for i in range(self.workers) if i != self.index]
-        await asyncio.gather(*(self._ask(i, b"reset") for i in others))
+        await asyncio.gather(*(self._ask(i, f"{command} {arg}") for i in others))
