@@ -53,6 +53,12 @@ EXPERIMENTS: dict[str, Experiment] = {
             (("udsproxy-splice0", "udsproxy-nolog"), ("udsproxy-splice0", "udsproxy-splice64k")),
             ("get100k", "get1m", "post16k", "post1m"),
         ),
+        Experiment(
+            "stats",
+            "per-request stats off (--disable-request-stats) vs on: what counting costs",
+            (("udsproxy-nolog", "udsproxy-nostats"),),
+            ("small", "browser"),
+        ),
     )
 }
 

@@ -179,6 +179,7 @@ class Subject:
     transport: str = "uds-shm"  # uds-shm | uds-disk | tcp: how the proxy reaches the upstream
     pool: bool = True  # upstream keep-alive pool
     splice_min: int | None = None  # udsproxy --splice-min-bytes (None: its default)
+    stats: bool = True  # udsproxy: False runs it with --disable-request-stats
     workers: int = 1
     variant: str = ""  # nginx: tuned | stock buffers; haproxy: default | splice
     port: int = 0
@@ -271,6 +272,8 @@ class Subjects:
             s.argv = [self.python, "-m", "udsproxy", "-c", str(s.config_path), "-l", "warning"]
             if s.splice_min is not None:
                 s.argv += ["--splice-min-bytes", str(s.splice_min)]
+            if not s.stats:
+                s.argv.append("--disable-request-stats")
             if self.concurrency_flag:
                 s.argv += ["--concurrency", str(s.workers)]
             env["PYTHONUNBUFFERED"] = "1"

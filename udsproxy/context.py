@@ -65,7 +65,8 @@ class ListenerContext:
         # Host sent upstream for an HTTP/1.0 request without one (Envoy: default_host_for_http_10)
         self.default_host = str(listener.address).encode()
         # Content-Length bodies at least this large go through splice(2); 0 turns it off.
-        self.splice_min_bytes = splice_min_bytes if splice.AVAILABLE else 0
+        # Never on TLS: the kernel would move plaintext around the encryption.
+        self.splice_min_bytes = splice_min_bytes if splice.AVAILABLE and listener.tls is None else 0
         self.draining = False  # set on shutdown: responses carry connection: close
         self.connections: set[DownstreamConnection] = set()
         self._next_id = 0

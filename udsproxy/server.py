@@ -228,11 +228,16 @@ class Server:
                     "cluster_manager.cluster_modified" if old else "cluster_manager.cluster_added"
                 ] += 1
         fresh: dict[str, _ListenerSlot] = {}  # listeners that need a new socket
+        contexts: dict[str, ListenerContext] = {}  # kept listeners whose config changed
         try:
             for config in new.listeners:
                 slot = self.slots.get(config.name)
                 if slot is None or slot.config.address != config.address:
+                    self._check_new_address(config)
                     fresh[config.name] = await self._start_slot(config, clusters)
+                elif slot.config != config:
+                    # built before the swap: opening an access log file may still fail
+                    contexts[config.name] = self._context(config, clusters)
                 elif (slot.tls is None) != (config.tls is None):
                     raise ConfigError(
                         [
@@ -264,7 +269,7 @@ class Server:
                 slot.ctx.clusters = clusters  # same routes: new requests see the new clusters
             else:
                 old_ctx = slot.ctx
-                slot.ctx = self._context(config, clusters)
+                slot.ctx = contexts[config.name]
                 slot.config = config
                 old_ctx.drain()  # its connections finish their request and close
                 slot.old = [c for c in slot.old if c.connections] + [old_ctx]
@@ -273,6 +278,24 @@ class Server:
                 cluster.drain()
             if name not in clusters:
                 self.stats["cluster_manager.cluster_removed"] += 1
+
+    def _check_new_address(self, config: schema.Listener) -> None:
+        """With workers, a pipe or port-0 listener is one socket that the supervisor binds at
+        start and every worker inherits. A reload cannot add one: each worker would bind its own
+        (a pipe binds once, port 0 differs per worker) and the workers would disagree."""
+        address = config.address
+        shared = isinstance(address, schema.Pipe) or address.port_value == 0
+        if self.concurrency > 1 and shared:
+            raise ConfigError(
+                [
+                    (
+                        f"listener '{config.name}'",
+                        f"a new {'pipe' if isinstance(address, schema.Pipe) else 'port 0'}"
+                        " listener needs a restart with --concurrency > 1 (its socket is bound"
+                        " once, by the supervisor); use a fixed TCP port or restart",
+                    )
+                ]
+            )
 
     def _context(self, config: schema.Listener, clusters: dict[str, Cluster]) -> ListenerContext:
         loggers = build_access_loggers(config.http_connection_manager.access_log, self.sinks)
@@ -342,6 +365,9 @@ class Server:
         """This process's stats under Envoy's names, gauges read now."""
         counters, gauges, hists = self.store.raw()
         counters.update(self.stats)
+        fs_counters, fs_gauges = self.sinks.stats()
+        counters.update(fs_counters)
+        gauges.update(fs_gauges)
         for name, cluster in self.clusters.items():
             prefix = f"cluster.{name}."
             gauges[prefix + "membership_total"] = len(cluster.hosts)
@@ -368,7 +394,8 @@ class Server:
                 del gauges[name]  # the filesystem is the same for every worker
             for name in [n for n in gauges if n.startswith("cluster.") and ".membership_" in n]:
                 del gauges[name]
-            for name in [n for n in counters if n.endswith(".version")]:
+            # Every worker applies every reload; one of them counts it.
+            for name in [n for n in counters if n.startswith(_MANAGERS) or n.endswith(".version")]:
                 del counters[name]
         return counters, gauges, hists
 
@@ -387,6 +414,7 @@ class Server:
 
     def reset_counters(self) -> None:
         self.store.reset()
+        self.sinks.reset_counters()
         for name in list(self.stats):
             if not name.endswith(".version"):
                 self.stats[name] = 0
@@ -436,6 +464,7 @@ class Server:
         await self.stop()
 
 
+_MANAGERS = ("cluster_manager.", "listener_manager.")
 _STATES = {"LIVE": 0, "DRAINING": 1, "PRE_INITIALIZING": 2, "INITIALIZING": 3}
 
 

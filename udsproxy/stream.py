@@ -9,7 +9,6 @@ only place observers (access log, stats) are fed.
 
 from __future__ import annotations
 
-import errno
 import os
 import random
 import time
@@ -356,8 +355,7 @@ class Stream(StreamInfo):
         if self.done:
             return
         if isinstance(exc, OSError) and exc.errno is not None:
-            name = errno.errorcode.get(exc.errno, str(exc.errno))
-            reason = f"immediate connect error: {os.strerror(exc.errno)} ({name})"
+            reason = f"immediate connect error: {os.strerror(exc.errno)}"
         else:
             reason = "connection timeout"
         self.upstream_transport_failure_reason = reason
@@ -499,7 +497,9 @@ class Stream(StreamInfo):
 
     def on_tunnel_data(self, data: bytes) -> None:
         self.bytes_sent += len(data)
-        self.conn.write(data)
+        conn = self.conn
+        conn.last_io = self.ctx.loop.time()  # traffic either way keeps a tunnel alive
+        conn.write(data)
 
     def on_downstream_tunnel_data(self, data: bytes) -> None:
         self.bytes_received += len(data)

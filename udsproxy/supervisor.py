@@ -24,6 +24,7 @@ import uvloop
 
 from udsproxy.admin import AdminServer
 from udsproxy.config import schema
+from udsproxy.errors import ConfigError
 from udsproxy.server import Server, bind_unix
 from udsproxy.stats.peers import PeerGroup, RestartCounter
 from udsproxy.watch import ConfigWatcher, watch_targets
@@ -109,6 +110,11 @@ async def _no_command(command: str, arg: str) -> None:
     """Without an admin interface no sibling sends commands."""
 
 
+_FAST_DEATH_S = 5.0  # a worker that dies sooner than this after its start failed to start
+_MAX_FAST_DEATHS = 5
+_BACKOFF_S = 0.5
+_MAX_BACKOFF_S = 8.0
+
 ADMIN_KEY = "\0admin"  # the admin socket's key among the inherited listener sockets
 
 
@@ -177,6 +183,11 @@ class _Supervisor:
         self.workers: dict[int, int] = {}  # pid -> worker index
         self.restarts = RestartCounter()  # shared with the workers, who publish it
         self.stopping = False
+        self.started: dict[int, float] = {}  # worker index -> when it was last forked
+        self.fast_failures: dict[int, int] = {}  # consecutive deaths soon after a start
+        self.due: dict[int, float] = {}  # worker index -> when to restart it
+        self.exit_code = 0
+        self.kill_at = 0.0  # once stopping: when workers still running get SIGKILL
 
     def spawn(self, index: int) -> None:
         pid = os.fork()
@@ -200,11 +211,16 @@ class _Supervisor:
                     )
                 )
                 code = 0
+            except ConfigError as exc:
+                log.error("worker %d: %s", index, exc.render())
+            except OSError as exc:  # a port in use, a socket file that cannot be made
+                log.error("worker %d: %s", index, exc)
             except BaseException:
                 log.exception("worker %d failed", index)
             finally:
                 os._exit(code)
         self.workers[pid] = index
+        self.started[index] = time.monotonic()
         log.info("worker %d started (pid %d)", index, pid)
 
     def forward(self, sig: int) -> None:
@@ -227,32 +243,65 @@ class _Supervisor:
                 log.info("worker %d (pid %d) exited", index, pid)
                 continue
             self.restarts.add(1)
+            # A worker that dies right after it started (a port in use, a bad file) would die
+            # again at once: back off, and give up after a few such deaths in a row.
+            lived = time.monotonic() - self.started.get(index, 0.0)
+            fast = self.fast_failures[index] = (
+                self.fast_failures.get(index, 0) + 1 if lived < _FAST_DEATH_S else 0
+            )
+            if fast >= _MAX_FAST_DEATHS:
+                log.error(
+                    "worker %d (pid %d) died (%s) %d times in a row right after starting;"
+                    " giving up (see the errors above)",
+                    index,
+                    pid,
+                    _describe(status),
+                    fast,
+                )
+                self.exit_code = 1
+                self.stop()
+                continue
+            delay = min(_BACKOFF_S * 2 ** max(fast - 1, 0), _MAX_BACKOFF_S) if fast else 0.0
             log.error(
-                "worker %d (pid %d) died (%s); restarting (server.worker_restarts=%d)",
+                "worker %d (pid %d) died (%s); restarting in %.1fs (server.worker_restarts=%d)",
                 index,
                 pid,
                 _describe(status),
+                delay,
                 self.restarts.value,
             )
-            self.spawn(index)
+            self.due[index] = time.monotonic() + delay
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.kill_at = time.monotonic() + self.drain_time + 2.0
+        self.forward(signal.SIGTERM)
+
+    def restart_due(self) -> None:
+        now = time.monotonic()
+        for index, when in list(self.due.items()):
+            if self.stopping:
+                self.due.clear()
+            elif when <= now:
+                del self.due[index]
+                self.spawn(index)
 
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         for index in range(self.concurrency):
             self.spawn(index)
-        deadline = 0.0
-        while self.workers:
-            info = signal.sigtimedwait(_SIGNALS, 0.5)
+        while self.workers or (self.due and not self.stopping):
+            wait = 0.5 if not self.due else max(0.01, min(self.due.values()) - time.monotonic())
+            info = signal.sigtimedwait(_SIGNALS, min(wait, 0.5))
             if info is not None:
                 if info.si_signo == signal.SIGHUP:
                     log.info("SIGHUP: reloading every worker")
                     self.forward(signal.SIGHUP)
                 elif info.si_signo in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
-                    self.stopping = True
-                    deadline = time.monotonic() + self.drain_time + 2.0
-                    self.forward(signal.SIGTERM)
+                    self.stop()
             self.reap()
-            if self.stopping and self.workers and time.monotonic() > deadline:
+            self.restart_due()
+            if self.stopping and self.workers and time.monotonic() > self.kill_at:
                 log.warning("workers still running after the drain time: killing them")
                 self.forward(signal.SIGKILL)
         for sock in self.shared.values():
@@ -262,7 +311,7 @@ class _Supervisor:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(path)
             sock.close()
-        return 0
+        return self.exit_code
 
 
 def _describe(status: int) -> str:

@@ -814,7 +814,11 @@ def _cds(path: Path, socket_path: str, version: str, *, typo: bool = False) -> N
     os.replace(tmp, path)  # the writer recipe Envoy documents: rename over it
 
 
-def test_cds_reload_counters(tmp_path: Path, nginx: NginxInstance, py_upstream: PyUpstream) -> None:
+@pytest.mark.parametrize("concurrency", ["1", "2"])
+def test_cds_reload_counters(
+    tmp_path: Path, nginx: NginxInstance, py_upstream: PyUpstream, concurrency: str
+) -> None:
+    """Every worker applies every update; the counters count each update once."""
     cds_path = tmp_path / "cds.yaml"
     _cds(cds_path, nginx.socket_path, "1")
     cfg = bootstrap([listener([vhost("all", [route("dyn", prefix="/")])])], [])
@@ -822,7 +826,7 @@ def test_cds_reload_counters(tmp_path: Path, nginx: NginxInstance, py_upstream: 
         "cds_config": {"resource_api_version": "V3", "path_config_source": {"path": str(cds_path)}}
     }
     cfg["admin"] = ADMIN
-    with running(tmp_path, cfg, "--concurrency", "1") as proxy:
+    with running(tmp_path, cfg, "--concurrency", concurrency) as proxy:
         assert get(proxy.address, "/index.html").status == 200
 
         def cds() -> dict[str, int]:

@@ -3,6 +3,7 @@ in-place edit), rejected updates, SIGHUP, worker restarts, graceful drain, and T
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import os
 import re
@@ -426,6 +427,28 @@ def test_https_with_sni_picks_the_certificate(tmp_path: Path, py_upstream: PyUps
             assert out.returncode == 0, out.stderr
             assert f"CN={name}" in out.stderr
             assert '"x-forwarded-proto", "https"' in out.stdout.lower()
+        # A body past the splice threshold must still be encrypted: splice(2) is off on TLS.
+        big = tmp_path / "big.bin"
+        big.write_bytes(os.urandom(1 << 20))
+        out = subprocess.run(
+            [
+                "curl",
+                "-sS",
+                "--cacert",
+                str(tmp_path / "a.test.crt"),
+                "--resolve",
+                f"a.test:{port}:127.0.0.1",
+                "--data-binary",
+                f"@{big}",
+                "-H",
+                "Content-Type: application/octet-stream",
+                f"https://a.test:{port}/py/echo",
+            ],
+            capture_output=True,
+            timeout=20,
+        )
+        assert out.returncode == 0, out.stderr
+        assert hashlib.sha256(out.stdout).digest() == hashlib.sha256(big.read_bytes()).digest()
         ctx = ssl.create_default_context(cafile=str(tmp_path / "a.test.crt"))
         ctx.check_hostname = False
         with ctx.wrap_socket(

@@ -477,3 +477,10 @@ def test_generated_source_is_inspectable() -> None:
     f = compile_text(DEFAULT_FORMAT)
     assert f.source.startswith("def _render(i):")
     assert "_render" in repr(f)
+
+
+def test_scheme_is_the_forwarded_proto() -> None:
+    # Envoy's HTTP/1 :scheme follows the sanitized x-forwarded-proto: https on TLS listeners.
+    https = make_info(req={"x-forwarded-proto": "https"})
+    assert render("%REQ(:SCHEME)% %REQ(:METHOD)%\n", https) == "https GET\n"
+    assert render("%REQ(:SCHEME)%\n", make_info()) == "http\n"

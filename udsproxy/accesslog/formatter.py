@@ -272,7 +272,8 @@ _REQ_PSEUDO: Final = {
     ":path": "i.path or None",
     ":authority": "i.authority or None",
     "host": "i.authority or None",
-    ":scheme": "b'http'",  # udsproxy listens in plain text
+    # Envoy's HTTP/1 :scheme is the sanitized x-forwarded-proto, which udsproxy always sets
+    ":scheme": "rq.get(b'x-forwarded-proto') or b'http'",
 }
 _RESP_PSEUDO: Final = {":status": "b'%d' % i.response_code if i.response_code else None"}
 # Envoy keeps these as one inline header and joins repeats with ","; other repeats log the first.
@@ -394,7 +395,10 @@ class _Gen:
             return
         pseudo, src = (_REQ_PSEUDO, "rq") if cmd.name == "REQ" else (_RESP_PSEUDO, "rs")
         for n, name in enumerate(names):
-            if (lookup := pseudo.get(name)) is None:
+            if (lookup := pseudo.get(name)) is not None:
+                if "rq." in lookup:
+                    self.uses.add("rq")
+            else:
                 if name.startswith(":"):
                     lookup = "None"
                 else:

@@ -73,6 +73,7 @@ class FileSink:
         # Several worker processes may share a pipe: keep each write() whole lines <= PIPE_BUF.
         self._pipe = stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
         self.written_lines = 0
+        self.write_batches = 0
         self.dropped_lines = 0
         self.dropped_bytes = 0
         self.write_errors = 0
@@ -161,6 +162,7 @@ class FileSink:
                 self._pending -= nbytes
                 if ok:
                     self.written_lines += len(lines)
+                    self.write_batches += 1
                 else:
                     self.write_errors += 1
                     self.dropped_lines += len(lines)
@@ -205,6 +207,7 @@ class SinkRegistry:
         self._options = (flush_interval, flush_bytes, max_buffer_bytes)
         self._sinks: dict[str, FileSink] = {}
         self._lock = threading.Lock()
+        self._base: dict[str, int] = {}  # counter values at the last /reset_counters
 
     def get(self, path: str) -> FileSink:
         key = path if path in _STD_FDS else os.path.abspath(path)
@@ -220,6 +223,26 @@ class SinkRegistry:
                 )
                 self._sinks[key] = sink
             return sink
+
+    def stats(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Envoy's ``filesystem.*`` stats over every access log file, and the lines dropped
+        (``filesystem.write_dropped``, beyond Envoy: the buffer was full or a write failed)."""
+        with self._lock:
+            sinks = list(self._sinks.values())
+        totals = {
+            "filesystem.write_buffered": sum(s.written_lines for s in sinks),
+            "filesystem.write_completed": sum(s.write_batches for s in sinks),
+            "filesystem.write_failed": sum(s.write_errors for s in sinks),
+            "filesystem.write_dropped": sum(s.dropped_lines for s in sinks),
+        }
+        counters = {k: v - self._base.get(k, 0) for k, v in totals.items()}
+        gauges = {"filesystem.write_total_buffered": sum(s._pending for s in sinks)}
+        return counters, gauges
+
+    def reset_counters(self) -> None:
+        """/reset_counters: later stats count from now."""
+        self._base = {}
+        self._base = self.stats()[0]
 
     def close_all(self) -> None:
         with self._lock:

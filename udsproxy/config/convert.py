@@ -14,6 +14,7 @@ import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
+from udsproxy.accesslog.formatter import FormatError, compile_access_log
 from udsproxy.config.schema import (
     AccessLog,
     Address,
@@ -106,6 +107,11 @@ class _Converter:
             for i, node in enumerate(static.get("clusters", []))
         ]
         self.check_listeners([(item(listeners_path, i), x) for i, x in enumerate(listeners)])
+        if admin is not None:
+            for x in listeners:
+                if x is not None and x.address == admin.address and _fixed(admin.address):
+                    message = f"{admin.address} is the address of listener '{x.name}'"
+                    self.error("admin.address", message + ": the admin needs its own")
         cluster_names = self.unique(
             [(item(clusters_path, i), x.name) for i, x in enumerate(clusters)], "cluster"
         )
@@ -522,12 +528,18 @@ class _Converter:
             text, json_format, omit_empty = self.log_format(
                 config["log_format"], join(path, "log_format")
             )
-        return AccessLog(
+        result = AccessLog(
             path=config.get("path", ""),
             text_format=text,
             json_format=json_format,
             omit_empty_values=omit_empty,
         )
+        try:
+            compile_access_log(result)  # Envoy rejects a bad format at config load, and so do we
+        except FormatError as exc:
+            where = "log_format" if "log_format" in config else "format"
+            self.error(join(path, where), str(exc))
+        return result
 
     def log_format(
         self, node: Node, path: str
@@ -749,3 +761,8 @@ def certificate_paths(listener: Listener, path: str) -> Iterator[tuple[str, TlsC
         chain_path = item(join(path, "filter_chains"), i)
         common_path = join(chain_path, "transport_socket.typed_config.common_tls_context")
         yield item(join(common_path, "tls_certificates"), 0), certificate
+
+
+def _fixed(address: Address) -> bool:
+    """Not port 0: two port-0 sockets never share a port."""
+    return not isinstance(address, SocketAddress) or address.port_value != 0
