@@ -149,7 +149,7 @@ class Rig:
             loop,
             self.store.cluster_for("hugo"),
         )
-        loggers = build_access_loggers(logs, self.registry)
+        loggers = build_access_loggers(logs, self.registry, loop)
         self.ctx = ListenerContext(listener, {"hugo": cluster}, loggers, loop, stats=self.store)
         self.host = cluster.hosts[0]
         self.up = UpstreamConnection(self.host)
@@ -177,6 +177,8 @@ class Rig:
         self.down_t.out.clear()
 
     def close(self) -> None:
+        for logger in self.ctx.access_loggers:
+            logger.flush()
         self.registry.close_all()
 
 

@@ -28,6 +28,8 @@ log = logging.getLogger("udsproxy.context")
 class AccessLogger(Protocol):
     def log(self, info: StreamInfo) -> None: ...
 
+    def flush(self) -> None: ...
+
 
 class ListenerContext:
     """What every connection of one listener needs, precomputed."""

@@ -4,7 +4,7 @@ Parser callbacks only record what they see into the ``Stream`` being parsed; str
 ``feed_data`` returns, so a request that turns out malformed later in the same buffer is never
 forwarded. Pipelined requests queue behind the active one and are answered in order.
 
-Reading is paused through one bit mask (``_block``): each reason sets and clears its own bit, so a
+Reading is paused through one bit mask (``blocked``): each reason sets and clears its own bit, so a
 resume for one reason never undoes a pause for another.
 """
 
@@ -52,7 +52,6 @@ class _Stop(Exception):
 
 class DownstreamConnection(asyncio.Protocol):
     __slots__ = (
-        "_block",
         "_closed_here",
         "_error",
         "_head_fed",
@@ -66,6 +65,7 @@ class DownstreamConnection(asyncio.Protocol):
         "_timer_when",
         "_unread",
         "active",
+        "blocked",
         "body_buffered",
         "closed",
         "conn_id",
@@ -103,7 +103,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.peer = ctx.local_peer
         self.peer_ip = b""
         self.local = ctx.local_peer
-        self._block = 0
+        self.blocked = 0
         self._closed_here = False
         self.body_buffered = 0  # request body bytes held by this connection's streams
         self._error: http1.LocalReply | None = None
@@ -153,7 +153,7 @@ class DownstreamConnection(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.on_downstream_tunnel_data(data)
             return
-        if self._block & BLOCK_DONE:
+        if self.blocked & BLOCK_DONE:
             self._unread = True  # bytes nobody will read: close with a delayed close
             return  # after an error, an upgrade or while closing nothing more is parsed
         if self._in_head:
@@ -225,7 +225,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.write_paused = False
         if self.active is not None:
             self.active.on_downstream_write_resumed()
-        if self._block & BLOCK_CLIENT_WRITE:
+        if self.blocked & BLOCK_CLIENT_WRITE:
             self._resume(BLOCK_CLIENT_WRITE)
             if self.active is None and self.queue:
                 self._start_next()
@@ -344,7 +344,7 @@ class DownstreamConnection(asyncio.Protocol):
                     return
                 s = self.queue.popleft()
                 self.active = s
-                if self._block & BLOCK_PIPELINE and len(self.queue) <= _MAX_PIPELINED // 2:
+                if self.blocked & BLOCK_PIPELINE and len(self.queue) <= _MAX_PIPELINED // 2:
                     self._resume(BLOCK_PIPELINE)
                 s.start()
         finally:
@@ -361,7 +361,7 @@ class DownstreamConnection(asyncio.Protocol):
             return
         if self.queue:
             self._start_next()
-        elif self._block & BLOCK_DONE:
+        elif self.blocked & BLOCK_DONE:
             self.close()  # the client half-closed, or parsing stopped: nothing more will come
         else:
             self.last_io = self.loop.time()
@@ -419,7 +419,7 @@ class DownstreamConnection(asyncio.Protocol):
             return
         transport.write_eof()
         self._linger = self.loop.call_later(_LINGER, transport.close)
-        self._block = BLOCK_DONE  # discard whatever still arrives
+        self.blocked = BLOCK_DONE  # discard whatever still arrives
         transport.resume_reading()
 
     def abort(self) -> None:
@@ -430,14 +430,14 @@ class DownstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
     def _pause(self, bit: int) -> None:
-        if not self._block and self.transport is not None:
+        if not self.blocked and self.transport is not None:
             self.transport.pause_reading()
-        self._block |= bit
+        self.blocked |= bit
 
     def _resume(self, bit: int) -> None:
-        if self._block & bit:
-            self._block &= ~bit
-            if not self._block and self.transport is not None and not self.closed:
+        if self.blocked & bit:
+            self.blocked &= ~bit
+            if not self.blocked and self.transport is not None and not self.closed:
                 self.transport.resume_reading()
 
     def block_reading(self, bit: int, on: bool) -> None:
@@ -447,9 +447,6 @@ class DownstreamConnection(asyncio.Protocol):
             self._resume(bit)
 
     # -- timers: one handle per connection, re-armed lazily ------------------------------------
-    def arm(self, when: float) -> None:
-        self._arm(when)
-
     def _arm(self, when: float) -> None:
         if when <= 0:
             return
@@ -460,6 +457,8 @@ class DownstreamConnection(asyncio.Protocol):
             timer.cancel()
         self._timer_when = when
         self._timer = self.loop.call_at(when, self._on_timer)
+
+    arm = _arm  # the public name; no extra call on the hot path
 
     def _on_timer(self) -> None:
         self._timer = None

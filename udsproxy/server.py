@@ -298,7 +298,9 @@ class Server:
             )
 
     def _context(self, config: schema.Listener, clusters: dict[str, Cluster]) -> ListenerContext:
-        loggers = build_access_loggers(config.http_connection_manager.access_log, self.sinks)
+        loggers = build_access_loggers(
+            config.http_connection_manager.access_log, self.sinks, self.loop
+        )
         return ListenerContext(
             config,
             clusters,
@@ -449,6 +451,10 @@ class Server:
         for cluster in self.clusters.values():
             cluster.close()
         await asyncio.sleep(0)  # let transports run connection_lost
+        for slot in self.slots.values():
+            for ctx in slot.contexts():
+                for logger in ctx.access_loggers:
+                    logger.flush()  # lines queued in this loop iteration
         self.sinks.close_all()
         self._stopped.set()
 

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 __all__ = ["Stream", "request_id"]
 
 _rng = random.Random(os.urandom(16))
+_getrandbits = _rng.getrandbits
+_VARIANT = (b"8", b"9", b"a", b"b")
 _CRLF = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -37,10 +39,16 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 def request_id() -> bytes:
     """A random (version 4) UUID, as Envoy generates for x-request-id."""
-    r = _rng.getrandbits(128)
-    r = (r & ~(0xC000 << 48) | (0x8000 << 48)) & ~(0xF000 << 64) | (0x4000 << 64)
-    h = b"%032x" % r
-    return b"%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
+    h = b"%032x" % _getrandbits(128)
+    # version nibble 4; variant nibble 8, 9, a or b
+    return b"%s-%s-4%s-%s%s-%s" % (
+        h[:8],
+        h[8:12],
+        h[13:16],
+        _VARIANT[_getrandbits(2)],
+        h[17:20],
+        h[20:],
+    )
 
 
 class Stream(StreamInfo):
@@ -384,7 +392,10 @@ class Stream(StreamInfo):
                 data.append(_LAST_CHUNK)
             self.last_upstream_tx_mono = time.monotonic()
         up.send(self, data)
-        if self.conn.body_buffered <= self.ctx.buffer_limit:
+        if (
+            self.conn.blocked & BLOCK_BODY_BUFFER
+            and self.conn.body_buffered <= self.ctx.buffer_limit
+        ):
             self.conn.block_reading(BLOCK_BODY_BUFFER, False)
         if self.conn.write_paused and up.transport is not None:
             up.transport.pause_reading()
@@ -656,6 +667,7 @@ class Stream(StreamInfo):
         if self.body_size:
             self._drop_body()
         # whatever this stream paused on the client side is released with it
-        conn.block_reading(BLOCK_UPSTREAM_WRITE | BLOCK_BODY_BUFFER, False)
+        if conn.blocked & (BLOCK_UPSTREAM_WRITE | BLOCK_BODY_BUFFER):
+            conn.block_reading(BLOCK_UPSTREAM_WRITE | BLOCK_BODY_BUFFER, False)
         self.ctx.observe(self)
         conn.stream_done(self, close)

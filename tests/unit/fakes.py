@@ -131,6 +131,9 @@ class Recorder:
     def log(self, info: StreamInfo) -> None:
         self.infos.append(info)
 
+    def flush(self) -> None:
+        pass
+
 
 def make_listener(**hcm: Any) -> schema.Listener:
     routes = hcm.pop("routes", None) or (
