@@ -18,6 +18,7 @@ import httptools
 
 from udsproxy import http1
 from udsproxy.http1 import SPECIAL_REQUEST_HEADERS
+from udsproxy.splice import Splicer
 from udsproxy.streaminfo import Peer
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BLOCK_BODY_BUFFER",
     "BLOCK_PIPELINE",
+    "BLOCK_SPLICE",
     "BLOCK_UPSTREAM_WRITE",
     "DownstreamConnection",
 ]
@@ -36,6 +38,7 @@ BLOCK_BODY_BUFFER = 2  # request body buffered while the upstream connects
 BLOCK_PIPELINE = 4  # too many pipelined requests queued
 BLOCK_DONE = 8  # no more requests will be read (error, upgrade, closing)
 BLOCK_CLIENT_WRITE = 16  # the client is not reading its responses: stop taking new requests
+BLOCK_SPLICE = 32  # the rest of a request body moves with splice(2), not through the parser
 
 _LINGER = 1.0  # Envoy's delayed_close_timeout: drain unread request bytes before closing
 
@@ -80,6 +83,7 @@ class DownstreamConnection(asyncio.Protocol):
         "peer",
         "peer_ip",
         "queue",
+        "splicer",
         "transport",
         "tunnel",
         "write_paused",
@@ -94,6 +98,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.active: Stream | None = None  # being proxied
         self.queue: collections.deque[Stream] = collections.deque()
         self.tunnel: Stream | None = None  # set once the connection was upgraded
+        self.splicer: Splicer | None = None  # a request body on its way upstream by splice(2)
         self.closed = False
         self.corked = False  # while set, writes collect in ``out`` and leave in one syscall
         self.out: list[bytes | memoryview] = []
@@ -175,6 +180,60 @@ class DownstreamConnection(asyncio.Protocol):
                 self._on_parse_error()
         if self.active is None and self.queue:
             self._start_next()
+        s = self.cur
+        if s is not None and s is self.active and not self._in_head and self.ctx.splice_min_bytes:
+            self._splice_upload(s)
+
+    # -- large request bodies by splice(2) -----------------------------------------------------
+    def _splice_upload(self, s: Stream) -> None:
+        """Hand the rest of a large Content-Length request body to splice(2), once the stream
+        has its upstream connection and nothing is queued on it (byte order is kept)."""
+        if s.req_chunked or s.req_cl < 0 or self.blocked or self.transport is None:
+            return
+        remaining = s.req_cl - s.bytes_received
+        up = s.upstream
+        if remaining < self.ctx.splice_min_bytes or up is None or up.transport is None:
+            return
+        if up.transport.get_write_buffer_size() or up.splicer is not None:
+            return
+        dsock = self.transport.get_extra_info("socket")
+        usock = up.transport.get_extra_info("socket")
+        if dsock is None or usock is None:
+            return
+        s.no_replay()  # a spliced body cannot be sent again on a retry
+        self._pause(BLOCK_SPLICE)
+        self.splicer = Splicer(
+            self.loop,
+            dsock.fileno(),
+            usock.fileno(),
+            remaining,
+            s.on_upload_spliced,
+            self._upload_spliced,
+            self._upload_splice_failed,
+        )
+        self.splicer.start()
+
+    def _upload_spliced(self) -> None:
+        self.splicer = None
+        # The parser stopped mid-body; a fresh one reads the next request.
+        self.parser = httptools.HttpRequestParser(self)
+        if self.cur is not None:
+            self.on_message_complete()
+        self._resume(BLOCK_SPLICE)
+
+    def _upload_splice_failed(self, exc: OSError | None, eof: bool) -> None:
+        self.splicer = None
+        # The rest of this request can no longer be parsed: nothing more is read.
+        self.blocked |= BLOCK_DONE
+        self._unread = True
+        if exc is None:  # the client closed in the middle of its body
+            self.abort()
+        # else the upstream went away: its connection_lost ends the stream
+
+    def _cancel_splice(self) -> None:
+        if self.splicer is not None:
+            self.splicer.cancel()
+            self.splicer = None
 
     def eof_received(self) -> bool:
         # A half-closed client still gets its pending responses (curl --http1.1 with -T, etc.),
@@ -204,6 +263,7 @@ class DownstreamConnection(asyncio.Protocol):
             hs.downstream_cx_destroy_active_rq += 1
         if self.tunnel is not None:
             hs.downstream_cx_upgrades_active -= 1
+        self._cancel_splice()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -409,6 +469,7 @@ class DownstreamConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing() or self._linger is not None:
             return
+        self._cancel_splice()  # the delayed close reads (and discards) from here on
         self._closed_here = True
         if self.ctx.draining:
             self.ctx.http_stats.downstream_cx_drain_close += 1
@@ -426,6 +487,7 @@ class DownstreamConnection(asyncio.Protocol):
         """Reset the connection: whatever is corked is dropped, not sent."""
         self.out = []
         self._closed_here = True
+        self._cancel_splice()
         if self.transport is not None:
             self.transport.abort()
 

@@ -613,6 +613,18 @@ class Stream(StreamInfo):
     def on_upstream_write_resumed(self) -> None:
         self.conn.block_reading(BLOCK_UPSTREAM_WRITE, False)
 
+    def no_replay(self) -> None:
+        """The body goes upstream without passing through Python: keep none of it for a retry."""
+        self._drop_body()
+
+    def on_upload_spliced(self, n: int) -> None:
+        self.bytes_received += n
+        conn = self.conn
+        conn.last_io = self.ctx.loop.time()
+        self.ctx.http_stats.downstream_cx_rx_bytes_total += n
+        if self.host is not None:
+            self.host.cluster.stats.upstream_cx_tx_bytes_total += n
+
     def _drop_body(self) -> None:
         if self.body_size:
             self.conn.body_buffered -= self.body_size

@@ -17,13 +17,19 @@ import pytest
 from .support import (
     AccessLog,
     ProxyProcess,
+    PyUpstream,
     RawConn,
     Site,
+    bootstrap,
+    cluster,
     get,
     iter_chunks,
+    listener,
     request_bytes,
     require,
+    route,
     sha256,
+    vhost,
 )
 
 pytestmark = pytest.mark.integration
@@ -211,3 +217,40 @@ def test_upload_to_nginx_dav_then_download(
     assert resp.status == 200
     assert sha256(back) == sha256(data)
     assert (site.root / name.lstrip("/")).stat().st_size == TEN_MIB
+
+
+@pytest.mark.parametrize("splice_min", ["1", "65536", "0"])
+def test_uploads_by_splice_keep_the_connection_and_the_log(
+    tmp_path: Path, py_upstream: PyUpstream, splice_min: str
+) -> None:
+    """A large Content-Length request body moves by splice(2) ("1": any body that is not all
+    in the first read; "0": splice off). The bytes arrive whole, the next request on the same
+    keep-alive connection is parsed, and the log counts every body byte."""
+    log_path = tmp_path / "access.log"
+    config = bootstrap(
+        [listener([vhost("test", [route("py", prefix="/py/")])], access_log=log_path)],
+        [cluster("py", py_upstream.socket_path)],
+    )
+    proxy = ProxyProcess(config, tmp_path, "--splice-min-bytes", splice_min).start()
+    try:
+        host, port = proxy.address()
+        conn = http.client.HTTPConnection(host, port, timeout=30)
+        try:
+            for size in (3 << 20, 200_000, 5):
+                body = os.urandom(size)
+                conn.request("POST", f"/py/sha256?n={size}", body=body)
+                resp = conn.getresponse()
+                info = json.loads(resp.read())
+                assert resp.status == 200 and resp.getheader("connection") is None
+                assert (info["length"], info["sha256"]) == (size, sha256(body))
+            conn.request("GET", "/py/hello")
+            resp = conn.getresponse()
+            assert (resp.status, resp.read()) == (200, b"GET /py/hello\n")
+        finally:
+            conn.close()
+        log = AccessLog(log_path)
+        for size in (3 << 20, 200_000, 5):
+            line = log.wait_for_line(f"/py/sha256?n={size} ")
+            assert f'"POST /py/sha256?n={size} HTTP/1.1" 200 - {size} ' in line, line
+    finally:
+        assert proxy.stop() == 0, proxy.stderr()
