@@ -83,13 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.config_path and not args.config_yaml:
         print("udsproxy: one of -c/--config-path or --config-yaml is required", file=sys.stderr)
         return 2
+    from udsproxy.config.isolated import load_isolated
     from udsproxy.config.load import load_and_resolve
 
     source = args.config_yaml if args.config_yaml else args.config_path
     name = args.config_path or "--config-yaml"
     try:
-        # dynamic CDS/LDS files are read and checked too, as `envoy --mode validate` does
-        bootstrap = load_and_resolve(source)
+        # dynamic CDS/LDS files are read and checked too, as `envoy --mode validate` does;
+        # to serve, in a child process: the schema's 22 MiB stay out of the proxy
+        load = load_and_resolve if args.mode == "validate" else load_isolated
+        bootstrap = load(source)
     except ConfigError as exc:
         print(f"error initializing configuration '{name}':\n{exc.render()}", file=sys.stderr)
         return 1
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         if concurrency == 1:
             import uvloop
 
-            uvloop.run(serve(source, drain_time=args.drain_time_s, **options))
+            uvloop.run(serve(source, drain_time=args.drain_time_s, loaded=bootstrap, **options))
             return 0
         return run_workers(source, bootstrap, concurrency, args.drain_time_s, **options)
     except OSError as exc:

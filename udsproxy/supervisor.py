@@ -50,8 +50,10 @@ async def serve(
     ready_requires_upstream: bool = False,
     options: dict[str, Any] | None = None,
     restarts: RestartCounter | None = None,
+    loaded: schema.Bootstrap | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT; SIGHUP and file changes reload."""
+    """Serve until SIGTERM/SIGINT; SIGHUP and file changes reload. ``loaded``: the source,
+    already loaded."""
     inherited = dict(inherited or {})
     admin_sock = inherited.pop(ADMIN_KEY, None)
     server = await Server.start(
@@ -61,8 +63,10 @@ async def serve(
         reuse_port=reuse_port,
         inherited=inherited,
         request_stats=request_stats,
+        loaded=loaded,
     )
     server.primary = not worker  # one process publishes the process-wide server.* stats
+    server.drain_time = drain_time
     server.concurrency = workers
     server.restarts = restarts
     peers = PeerGroup(group or os.getpid(), worker or 0, workers, server.raw_stats, _no_command)
@@ -72,6 +76,7 @@ async def serve(
             server, peers, ready_requires_upstream=ready_requires_upstream, options=options
         )
         peers.apply = admin.apply
+        peers.hosts = server.host_stats
     await peers.start()
     if admin is not None and server.bootstrap.admin is not None:
         await _start_admin(
@@ -180,6 +185,8 @@ class _Supervisor:
         self.drain_time = drain_time
         self.serve_options = serve_options
         self.shared = _shared_sockets(bootstrap)
+        self.loaded: schema.Bootstrap | None = bootstrap  # for the first start of each worker
+        self.spawned: set[int] = set()
         self.workers: dict[int, int] = {}  # pid -> worker index
         self.restarts = RestartCounter()  # shared with the workers, who publish it
         self.stopping = False
@@ -207,6 +214,8 @@ class _Supervisor:
                         workers=self.concurrency,
                         group=os.getppid(),
                         restarts=self.restarts,
+                        # a restarted worker reads the files again: they may have changed
+                        loaded=None if index in self.spawned else self.loaded,
                         **self.serve_options,
                     )
                 )
@@ -220,6 +229,7 @@ class _Supervisor:
             finally:
                 os._exit(code)
         self.workers[pid] = index
+        self.spawned.add(index)
         self.started[index] = time.monotonic()
         log.info("worker %d started (pid %d)", index, pid)
 

@@ -28,9 +28,12 @@ from udsproxy.config.validate import check, describe
 from udsproxy.errors import ConfigError
 
 __all__ = [
-    "load_and_resolve", "load_config", "load_file", "load_tree", "load_yaml", "parse_file",
-    "parse_yaml",
+    "ConfigSource", "load_and_resolve", "load_config", "load_file", "load_tree", "load_yaml",
+    "parse_file", "parse_yaml",
 ]  # fmt: skip
+
+# What a config may be given as: a Bootstrap, a parsed mapping, YAML text or a file path.
+ConfigSource = Bootstrap | Mapping[str, Any] | str | os.PathLike[str]
 
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
 _MERGE = "tag:yaml.org,2002:merge"
@@ -155,7 +158,7 @@ def load_config(source: Mapping[str, Any] | str | os.PathLike[str]) -> Bootstrap
     return load_file(source)
 
 
-def load_and_resolve(source: Bootstrap | Mapping[str, Any] | str | os.PathLike[str]) -> Bootstrap:
+def load_and_resolve(source: ConfigSource) -> Bootstrap:
     """``load_config``, then ``dynamic.resolve``: the CDS/LDS files the bootstrap names are read
     and merged in, and every TLS certificate file is checked. What ``--mode validate`` runs.
 

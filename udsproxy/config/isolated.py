@@ -1,0 +1,70 @@
+"""Load a bootstrap in a forked child, so the serving process never imports Envoy's schema.
+
+Validating against envoy-data-plane imports its generated classes: about 22 MiB that stay in
+the process for good (0.7 s the first time). The serving process needs only the frozen
+Bootstrap, so a short-lived child does the loading and hands the result back over a pipe
+(pickled: the config dataclasses are plain frozen values). Where the schema is already
+imported (``--mode validate``, tests) the child would save nothing and the load runs here.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import warnings
+
+from udsproxy.config.load import ConfigSource, load_and_resolve
+from udsproxy.config.schema import Bootstrap
+from udsproxy.errors import ConfigError
+
+__all__ = ["load_isolated"]
+
+_SCHEMA_MODULE = "envoy_data_plane"
+
+
+def load_isolated(source: ConfigSource) -> Bootstrap:
+    """``load_and_resolve(source)``, run in a child process; raises what it would raise
+    (ConfigError, OSError) here."""
+    if _SCHEMA_MODULE in sys.modules or not hasattr(os, "fork"):
+        return load_and_resolve(source)
+    r, w = os.pipe()
+    with warnings.catch_warnings():
+        # 3.12+ warns about fork() with threads; the child only loads and exits at once.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: load, write one pickled answer, and leave without cleanup
+        os.close(r)
+        code = 0
+        try:
+            answer: tuple[str, object]
+            try:
+                answer = ("ok", load_and_resolve(source))
+            except ConfigError as exc:
+                answer = ("config", exc.errors)
+            except OSError as exc:
+                answer = ("os", (exc.errno, exc.strerror, exc.filename))
+            except BaseException as exc:
+                answer = ("bug", f"{type(exc).__name__}: {exc}")
+            with os.fdopen(w, "wb") as out:
+                out.write(pickle.dumps(answer))
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    if not data:
+        raise RuntimeError("the config loader process died without an answer")
+    kind, value = pickle.loads(data)
+    if kind == "ok":
+        assert isinstance(value, Bootstrap)
+        return value
+    if kind == "config":
+        raise ConfigError(value)
+    if kind == "os":
+        errno_, strerror, filename = value
+        raise OSError(errno_, strerror, filename)
+    raise RuntimeError(f"loading the config failed: {value}")
