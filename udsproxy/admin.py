@@ -166,7 +166,7 @@ class AdminServer:
             self.healthcheck_failed = command == "hc_fail"
             server.discourage_keepalive(self.healthcheck_failed)
         elif command == "drain":
-            await server.drain_listeners()
+            await server.drain_listeners(graceful=arg == "graceful")
         elif command == "reset":
             server.reset_counters()
         elif command == "logging":
@@ -246,27 +246,15 @@ async def _prometheus(admin: AdminServer, q: dict[str, str]) -> tuple[int, str, 
 
 @_endpoint("/clusters", "upstream clusters and hosts with their stats (?format=json)")
 async def _clusters(admin: AdminServer, q: dict[str, str]) -> tuple[int, str, bytes]:
-    counters, gauges, _h = await admin.peers.collect()
+    per_host = await admin.peers.collect_hosts()
     out: list[dict[str, Any]] = []
     lines: list[str] = []
     for name, cluster in admin.server.clusters.items():
-        p = f"cluster.{name}."
         hosts = []
         for host in cluster.hosts:
-            stats = {
-                "cx_total": counters.get(p + "upstream_cx_total", 0),
-                "cx_active": gauges.get(p + "upstream_cx_active", 0),
-                "cx_connect_fail": counters.get(p + "upstream_cx_connect_fail", 0),
-                "rq_total": counters.get(p + "upstream_rq_total", 0),
-                "rq_timeout": counters.get(p + "upstream_rq_timeout", 0),
-                "rq_success": counters.get(p + "upstream_rq_2xx", 0),
-                "rq_error": counters.get(p + "upstream_rq_5xx", 0),
-                "rq_active": gauges.get(p + "upstream_rq_active", 0),
-            }
-            if len(cluster.hosts) > 1:
-                stats = {k: v for k, v in stats.items() if k in ("cx_active",)}  # per-cluster
-            for key, value in stats.items():
-                lines.append(f"{name}::{host.text}::{key}::{value}")
+            stats = per_host.get(name, {}).get(host.text) or host.stats()
+            # Envoy's text form: cluster::host::stat::value
+            lines += (f"{name}::{host.text}::{key}::{value}" for key, value in stats.items())
             lines.append(f"{name}::{host.text}::health_flags::healthy")
             lines.append(f"{name}::{host.text}::weight::1")
             hosts.append({"address": host.text, "stats": stats, "health_status": "HEALTHY"})
@@ -311,9 +299,13 @@ async def _hc_ok(admin: AdminServer, q: dict[str, str]) -> tuple[int, str, bytes
     return _text("OK\n")
 
 
-@_endpoint("/drain_listeners", "stop accepting (?graceful: close keep-alives first)", post=True)
+@_endpoint(
+    "/drain_listeners",
+    "stop accepting (?graceful: answer with connection: close for the drain time first)",
+    post=True,
+)
 async def _drain(admin: AdminServer, q: dict[str, str]) -> tuple[int, str, bytes]:
-    await admin.peers.broadcast("drain")
+    await admin.peers.broadcast("drain", "graceful" if "graceful" in q else "")
     return _text("OK\n")
 
 

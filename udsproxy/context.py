@@ -93,6 +93,19 @@ class ListenerContext:
             if conn.active is None and not conn.queue and conn.tunnel is None:
                 conn.close()
 
+    def adopt(self, old: ListenerContext) -> bool:
+        """Take over ``old``'s open connections after a route change on the same socket, so
+        that none is closed under a client about to reuse it. Requests already parsed keep
+        ``old`` (their routes); the next ones on these connections use this context. Only
+        where both count into the same stats; otherwise returns False and nothing moves."""
+        if old.http_stats is not self.http_stats or old.listener_stats is not self.listener_stats:
+            return False
+        for conn in old.connections:
+            conn.ctx = self
+        self.connections |= old.connections
+        old.connections = set()
+        return True
+
     def next_connection_id(self) -> int:
         self._next_id += 1
         return self._next_id
@@ -142,6 +155,10 @@ class ListenerContext:
         host = s.host
         if host is not None:
             hs.rq_total += 1
+            if 0 < code < 500:  # Envoy's host rq_success / rq_error: non-5xx / 5xx (or none)
+                host.rq_success += 1
+            else:
+                host.rq_error += 1
             cs = host.cluster.stats
             if code:
                 codes = cs.codes
@@ -156,6 +173,7 @@ class ListenerContext:
             if flags:
                 if flags & ResponseFlag.UT:
                     cs.upstream_rq_timeout += 1
+                    host.rq_timeout += 1
                 if flags & ResponseFlag.UC:
                     cs.upstream_rq_rx_reset += 1
                 if flags & (ResponseFlag.DC | ResponseFlag.UPE):

@@ -488,6 +488,8 @@ class DownstreamConnection(asyncio.Protocol):
         self.out = []
         self._closed_here = True
         self._cancel_splice()
+        if self.active is not None and self.transport is not None:
+            self.ctx.http_stats.downstream_rq_tx_reset += 1  # a request ended by our reset
         if self.transport is not None:
             self.transport.abort()
 

@@ -113,8 +113,10 @@ def date_header() -> bytes:
     return value
 
 
-# Envoy's local-reply wording, pinned to Envoy 1.2x-era text (the form most users have in their
-# logs and alerts): "reset reason: connection failure" without the transport-failure suffix.
+# Envoy's local-reply wording, pinned to Envoy 1.24: "reset reason: connection failure" with no
+# transport-failure suffix, as 1.24 sends for a plain connect failure (envoyproxy/envoy#24812).
+# The suffix exists since 1.16 (envoyproxy/envoy#12321) but only when the transport reports a
+# reason; later releases add ", transport failure reason: delayed connect error: 111" here.
 _RESET_PREFIX = "upstream connect error or disconnect/reset before headers. reset reason: "
 
 

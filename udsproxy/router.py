@@ -54,9 +54,16 @@ class CompiledRoute:
         self.upgrade_types = frozenset(t.encode() for t, on in enabled.items() if on)
 
     def rewrite(self, path: bytes) -> bytes:
-        """Apply prefix_rewrite; the caller keeps the original for x-envoy-original-path."""
-        if self.prefix_rewrite is None or self.prefix is None:
+        """Apply prefix_rewrite; the caller keeps the original for x-envoy-original-path.
+
+        As in Envoy, a prefix route replaces the matched prefix, and a path or safe_regex route
+        replaces the whole matched path; the query string stays.
+        """
+        if self.prefix_rewrite is None:
             return path
+        if self.prefix is None:
+            _, sep, query = path.partition(b"?")
+            return self.prefix_rewrite + sep + query
         return self.prefix_rewrite + path[len(self.prefix) :]
 
 

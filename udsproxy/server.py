@@ -26,11 +26,11 @@ import sys
 import time
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
 
 from udsproxy.accesslog.sink import SinkRegistry, build_access_loggers
 from udsproxy.config import schema
-from udsproxy.config.load import load_and_resolve
+from udsproxy.config.isolated import load_isolated
+from udsproxy.config.load import ConfigSource
 from udsproxy.context import ListenerContext
 from udsproxy.downstream import DownstreamConnection
 from udsproxy.errors import ConfigError
@@ -47,7 +47,6 @@ _BACKLOG = 1024
 # Below this a body is relayed through Python (memoryview, no copies of our own); above it
 # splice(2) moves it kernel-side. The benchmark issue measures where the crossover is.
 DEFAULT_SPLICE_MIN_BYTES = 256 * 1024
-ConfigSource = schema.Bootstrap | Mapping[str, Any] | str | os.PathLike[str]
 
 
 class _ListenerSlot:
@@ -115,6 +114,8 @@ class Server:
         # Envoy's names; the admin issue publishes them.
         self.stats: collections.Counter[str] = collections.Counter()
         self._reload_lock = asyncio.Lock()
+        self.drain_time = 5.0  # --drain-time-s: /drain_listeners?graceful waits this long
+        self._drain_timer: asyncio.TimerHandle | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
 
@@ -129,14 +130,15 @@ class Server:
         reuse_port: bool = False,
         inherited: Mapping[str, socket.socket] | None = None,
         request_stats: bool = True,
+        loaded: schema.Bootstrap | None = None,
     ) -> Server:
         """Build and bind everything; raises ConfigError or OSError before serving anything.
 
         ``config`` may be a path (re-read by ``reload()``), YAML text, a dict or a Bootstrap.
-        Dynamic CDS/LDS files named in it are read too. ``splice_min_bytes=0`` keeps every
-        body on the Python relay path.
+        Dynamic CDS/LDS files named in it are read too, unless ``loaded`` is what loading it
+        gave already. ``splice_min_bytes=0`` keeps every body on the Python relay path.
         """
-        bootstrap = load_and_resolve(config)
+        bootstrap = loaded if loaded is not None else load_isolated(config)
         server = cls(
             bootstrap,
             asyncio.get_running_loop(),
@@ -185,12 +187,12 @@ class Server:
             source = self.source if self.source is not None else self.bootstrap
             try:
                 # Parsing and validating is CPU work: a thread keeps the loop answering.
-                new = await asyncio.to_thread(load_and_resolve, source)
+                new = await asyncio.to_thread(load_isolated, source)
                 await self._apply(new)
             except (ConfigError, OSError) as exc:
                 text = exc.render() if isinstance(exc, ConfigError) else str(exc)
                 log.error("%s rejected; the running config stays:\n%s", reason, text)
-                for kind in kinds or ["cds", "lds"]:
+                for kind in _blamed(exc, dyn, kinds):
                     self.stats[_manager(kind) + ".update_rejected"] += 1
                 return False
             for kind in kinds:
@@ -244,7 +246,7 @@ class Server:
                             (
                                 f"listener '{config.name}'",
                                 "TLS cannot be switched on or off in place;"
-                                " give the listener a new name or address",
+                                " give the listener a new address, or restart udsproxy",
                             )
                         ]
                     )
@@ -271,8 +273,9 @@ class Server:
                 old_ctx = slot.ctx
                 slot.ctx = contexts[config.name]
                 slot.config = config
-                old_ctx.drain()  # its connections finish their request and close
-                slot.old = [c for c in slot.old if c.connections] + [old_ctx]
+                if not slot.ctx.adopt(old_ctx):
+                    old_ctx.drain()  # its connections finish their request and close
+                    slot.old = [c for c in slot.old if c.connections] + [old_ctx]
         for name, cluster in old_clusters.items():
             if clusters.get(name) is not cluster:
                 cluster.drain()
@@ -372,6 +375,11 @@ class Server:
         gauges.update(fs_gauges)
         for name, cluster in self.clusters.items():
             prefix = f"cluster.{name}."
+            # no upstream pipelining: a connection that is open and not idle carries a request
+            idle = sum(len(h.idle) for h in cluster.hosts)
+            gauges[prefix + "upstream_rq_active"] = max(
+                gauges.get(prefix + "upstream_cx_active", 0) - idle, 0
+            )
             gauges[prefix + "membership_total"] = len(cluster.hosts)
             gauges[prefix + "membership_healthy"] = len(cluster.hosts)
             pipes = [h.address for h in cluster.hosts if isinstance(h.address, schema.Pipe)]
@@ -401,18 +409,39 @@ class Server:
                 del counters[name]
         return counters, gauges, hists
 
+    def host_stats(self) -> dict[str, dict[str, dict[str, int]]]:
+        """cluster -> host -> its /clusters counts, in this process."""
+        return {
+            name: {h.text: h.stats() for h in cluster.hosts}
+            for name, cluster in self.clusters.items()
+        }
+
     def discourage_keepalive(self, on: bool) -> None:
         """/healthcheck/fail: every response says connection: close (and /healthcheck/ok)."""
         for slot in self.slots.values():
             slot.ctx.draining = on
 
-    async def drain_listeners(self) -> None:
-        """/drain_listeners: stop accepting; open connections finish and close."""
+    async def drain_listeners(self, graceful: bool = False) -> None:
+        """/drain_listeners: stop accepting; open connections finish and close.
+
+        With ``graceful`` (Envoy's ``?graceful``), the listeners keep accepting for the drain
+        time while every response says ``connection: close``, so clients and load balancers
+        move away first; then they stop accepting.
+        """
+        self.state = "DRAINING"
         for slot in self.slots.values():
-            slot.stop_accepting()
             for ctx in slot.contexts():
                 ctx.drain()
-        self.state = "DRAINING"
+        if graceful and self.drain_time > 0:
+            if self._drain_timer is None:
+                self._drain_timer = self.loop.call_later(self.drain_time, self._stop_accepting)
+            return
+        self._stop_accepting()
+
+    def _stop_accepting(self) -> None:
+        self._drain_timer = None
+        for slot in self.slots.values():
+            slot.stop_accepting()
 
     def reset_counters(self) -> None:
         self.store.reset()
@@ -434,6 +463,9 @@ class Server:
             return
         self._stopping = True
         self.state = "DRAINING"
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
         for slot in list(self.slots.values()):
             await self._close_slot(slot)
         contexts = [ctx for slot in self.slots.values() for ctx in slot.contexts()]
@@ -471,6 +503,23 @@ class Server:
 
 
 _MANAGERS = ("cluster_manager.", "listener_manager.")
+
+
+def _blamed(
+    exc: ConfigError | OSError, dyn: schema.DynamicResources | None, kinds: list[str]
+) -> list[str]:
+    """The sources a rejected update counts against: those whose file the errors name (each
+    error path starts with its file), or every one when the bootstrap itself is at fault."""
+    files = {"cds": dyn.cds.path if dyn and dyn.cds else None}
+    files["lds"] = dyn.lds.path if dyn and dyn.lds else None
+    if isinstance(exc, ConfigError):
+        paths = [path for path, _ in exc.errors]
+    else:
+        paths = [exc.filename] if isinstance(exc.filename, str) else []
+    named = [k for k in kinds if files[k] and any(p.startswith(files[k] or "") for p in paths)]
+    return named or kinds or ["cds", "lds"]
+
+
 _STATES = {"LIVE": 0, "DRAINING": 1, "PRE_INITIALIZING": 2, "INITIALIZING": 3}
 
 

@@ -191,6 +191,7 @@ class Stream(StreamInfo):
             if url[:7].lower() != b"http://" and url[:8].lower() != b"https://":
                 return http1.BAD_REQUEST
             # absolute-form: its authority replaces Host (RFC 9112 3.2.2)
+            self.ctx.http_stats.downstream_rq_non_relative_path += 1
             try:
                 parsed = httptools.parse_url(url)
             except httptools.HttpParserInvalidURLError:
@@ -281,6 +282,7 @@ class Stream(StreamInfo):
         self.upstream_cluster = cluster.name
         host = cluster.pick()
         if host is None:
+            cluster.stats.upstream_cx_none_healthy += 1
             self._local_reply(http1.NO_HEALTHY_UPSTREAM)
             return
         self.host = host
@@ -349,13 +351,20 @@ class Stream(StreamInfo):
     async def _connect(self) -> None:
         host = self.host
         assert host is not None
+        cs = host.cluster.stats
+        cs.upstream_rq_pending_total += 1  # waiting for a connection of its own
+        cs.upstream_rq_pending_active += 1
         try:
             up = await host.connect()
         except Exception as exc:  # any failure to connect is a 503 UF, never a hung request
+            cs.upstream_rq_pending_active -= 1
             self._on_connect_failed(exc)
             return
+        cs.upstream_rq_pending_active -= 1
         if self.done or self.upstream is not None:
-            host.release(up)  # the client left meanwhile: keep the connection for the next one
+            if self.done:
+                cs.upstream_rq_cancelled += 1  # the client left before it had a connection
+            host.release(up)  # keep the connection for the next request
             return
         self._send(up)
 
@@ -368,6 +377,8 @@ class Stream(StreamInfo):
             reason = "connection timeout"
         self.upstream_transport_failure_reason = reason
         cs = self.host.cluster.stats if self.host is not None else None
+        if self.host is not None:
+            self.host.cx_connect_fail += 1
         if cs is not None:
             cs.upstream_cx_connect_fail += 1
             if reason == "connection timeout":
@@ -676,6 +687,10 @@ class Stream(StreamInfo):
         self.done = True
         self.end_mono = time.monotonic()
         conn = self.conn
+        if not self.request_complete and self.response_started:
+            self.ctx.http_stats.downstream_rq_response_before_rq_complete += 1
+        if self.retried and self.host is not None and 0 < self.response_code < 500:
+            self.host.cluster.stats.upstream_rq_retry_success += 1
         if self.body_size:
             self._drop_body()
         # whatever this stream paused on the client side is released with it

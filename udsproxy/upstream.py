@@ -40,6 +40,8 @@ _DROP_RESPONSE = frozenset(
 )
 
 
+_CONNECTION_KEYWORDS = frozenset({b"close", b"keep-alive", b"upgrade"})
+
 _MAX_RESPONSE_HEAD = 60 * 1024  # Envoy's max_response_headers_kb default
 
 
@@ -60,6 +62,7 @@ class UpstreamConnection(asyncio.Protocol):
         "in_body",
         "keep_alive",
         "message_done",
+        "nominated",
         "parser",
         "requests",
         "resp_chunked",
@@ -96,12 +99,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.stray_body = False
         self.body_remaining = -1  # >0: the body is relayed without the parser (see data_received)
         self.head_fed = 0
+        self.nominated: frozenset[bytes] | None = None  # headers the upstream's Connection names
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
         self.transport = transport = cast(asyncio.Transport, transport)
-        cs = self.host.cluster.stats
+        host = self.host
+        host.cx_total += 1
+        host.cx_active += 1
+        cs = host.cluster.stats
         cs.upstream_cx_total += 1
         cs.upstream_cx_http1_total += 1
         cs.upstream_cx_active += 1
@@ -220,6 +227,7 @@ class UpstreamConnection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.host.cx_active -= 1
         cs = self.host.cluster.stats
         cs.upstream_cx_active -= 1
         cs.upstream_cx_destroy += 1
@@ -256,9 +264,15 @@ class UpstreamConnection(asyncio.Protocol):
             if name == b"content-length":
                 self.content_length = int(value)  # llhttp already checked digits/duplicates
             elif name == b"transfer-encoding":
-                self.resp_chunked = True
-            elif name == b"connection" and b"close" in value.lower():
-                self.keep_alive = False
+                # chunked framing only if chunked is the last coding (else: close-delimited)
+                self.resp_chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+            elif name == b"connection":
+                tokens = [t.strip() for t in value.lower().split(b",")]
+                if b"close" in tokens:
+                    self.keep_alive = False
+                nominated = [t for t in tokens if t and t not in _CONNECTION_KEYWORDS]
+                if nominated:  # hop-by-hop too (RFC 9110 7.6.1): removed before relaying
+                    self.nominated = (self.nominated or frozenset()) | frozenset(nominated)
             return
         self.resp_headers.append((name, value))
 
@@ -278,9 +292,13 @@ class UpstreamConnection(asyncio.Protocol):
             self.resp_chunked = False
             self.keep_alive = True
             self.head_fed = 0
+            self.nominated = None
             return
         if not self.parser.should_keep_alive():
             self.keep_alive = False
+        if self.nominated is not None:
+            drop = self.nominated
+            self.resp_headers = [h for h in self.resp_headers if h[0] not in drop]
         self.in_body = True
         stream.on_response_headers(self)
         if self.content_length > 0 and not stream.response_has_no_body:
@@ -303,7 +321,9 @@ class UpstreamConnection(asyncio.Protocol):
     # -- used by Stream / Host ----------------------------------------------------------------
     def send(self, stream: Stream, data: list[bytes]) -> None:
         assert self.transport is not None
-        self.host.cluster.stats.upstream_cx_tx_bytes_total += sum(map(len, data))
+        host = self.host
+        host.cluster.stats.upstream_cx_tx_bytes_total += sum(map(len, data))
+        host.rq_total += 1
         self.stream = stream
         self.requests += 1
         self._reset_response()
@@ -345,7 +365,9 @@ class UpstreamConnection(asyncio.Protocol):
 class Host:
     """One endpoint of a cluster with its pool of idle keep-alive connections."""
 
-    __slots__ = ("_timer", "address", "cluster", "idle", "loop", "text")
+    # Per-host counts for the admin's /clusters (Envoy's host stats), plain ints.
+    STATS = ("cx_total", "cx_active", "cx_connect_fail", "rq_total", "rq_success", "rq_error")
+    __slots__ = ("_timer", "address", "cluster", "idle", "loop", "rq_timeout", "text", *STATS)
 
     def __init__(self, cluster: Cluster, address: schema.Address) -> None:
         self.cluster = cluster
@@ -354,6 +376,15 @@ class Host:
         self.text = str(address)  # %UPSTREAM_HOST%: a pipe renders as its path
         self.idle: collections.deque[UpstreamConnection] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
+        self.cx_total = self.cx_active = self.cx_connect_fail = 0
+        self.rq_total = self.rq_success = self.rq_error = self.rq_timeout = 0
+
+    def stats(self) -> dict[str, int]:
+        """/clusters' numbers for this host; rq_active is its busy connections."""
+        out = {name: getattr(self, name) for name in self.STATS}
+        out["rq_timeout"] = self.rq_timeout
+        out["rq_active"] = max(self.cx_active - len(self.idle), 0)
+        return out
 
     def acquire(self) -> UpstreamConnection | None:
         idle = self.idle

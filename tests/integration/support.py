@@ -1092,3 +1092,63 @@ class AccessLog:
 def iter_chunks(data: bytes, size: int) -> Iterator[bytes]:
     for i in range(0, len(data), size):
         yield data[i : i + size]
+
+
+_LISTENER_LINE = re.compile(r"udsproxy: listener '([^']*)' listening on 127\.0\.0\.1:(\d+)")
+_ADMIN_LINE = re.compile(r"udsproxy: admin listening on 127\.0\.0\.1:(\d+)")
+
+
+class CliProxy:
+    """``python -m udsproxy -c FILE [args]`` as a subprocess; listener and admin ports are read
+    from its stderr as it announces them."""
+
+    def __init__(self, config_path: Path, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "udsproxy", "-c", str(config_path), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+        self.lines: list[str] = []
+        self.ports: dict[str, int] = {}
+        self.admin_port = 0
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            if m := _LISTENER_LINE.search(line):
+                self.ports[m.group(1)] = int(m.group(2))
+            if m := _ADMIN_LINE.search(line):
+                self.admin_port = int(m.group(1))
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.lines)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_listening(self, name: str, timeout: float = 30) -> int:
+        assert wait_until(lambda: name in self.ports or self.proc.poll() is not None, timeout)
+        assert name in self.ports, self.stderr
+        return self.ports[name]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise
+        finally:
+            self._reader.join(5)
+            if self.proc.stderr is not None:
+                self.proc.stderr.close()

@@ -15,11 +15,7 @@ import http.client
 import json
 import os
 import re
-import signal
 import socket
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +27,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from .support import (
+    CliProxy,
     NginxInstance,
     PyUpstream,
     bootstrap,
@@ -50,16 +47,13 @@ ADMIN = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 PREFIX = "ingress_http"  # the listener's name is its stat_prefix (support.listener)
 
-_ADMIN_LINE = re.compile(r"udsproxy: admin listening on 127\.0\.0\.1:(\d+)")
-_LISTENER_LINE = re.compile(r"udsproxy: listener '([^']*)' listening on 127\.0\.0\.1:(\d+)")
-
 
 # --------------------------------------------------------------------------------------------
 # helpers
 
 
-class Proxy:
-    """``python -m udsproxy -c FILE [args]``; listener and admin ports read from its stderr."""
+class Proxy(CliProxy):
+    """``python -m udsproxy -c FILE [args]`` with its admin interface."""
 
     def __init__(self, tmp: Path, config: dict[str, Any] | Path, *args: str) -> None:
         if isinstance(config, dict):
@@ -67,36 +61,7 @@ class Proxy:
             path.write_text(yaml.safe_dump(config, sort_keys=False))
         else:
             path = config
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "udsproxy", "-c", str(path), *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        )
-        self.lines: list[str] = []
-        self.ports: dict[str, int] = {}
-        self.admin_port = 0
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            if m := _LISTENER_LINE.search(line):
-                self.ports[m.group(1)] = int(m.group(2))
-            if m := _ADMIN_LINE.search(line):
-                self.admin_port = int(m.group(1))
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.lines)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+        super().__init__(path, *args)
 
     def wait_ready(self, timeout: float = 30) -> Proxy:
         """Until the admin listener is announced (it starts after the proxy listeners)."""
@@ -127,20 +92,6 @@ class Proxy:
         assert status == 200, body
         assert headers["content-type"].startswith("text/plain"), headers
         return body.decode()
-
-    def stop(self, timeout: float = 20) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise
-        finally:
-            self._reader.join(5)
-            if self.proc.stderr is not None:
-                self.proc.stderr.close()
 
 
 @contextlib.contextmanager
@@ -437,6 +388,11 @@ def test_two_workers_publish_the_same_totals(
         ]
         assert sum(per_worker) == 13, per_worker
         assert all(n > 0 for n in per_worker), f"one worker served everything: {per_worker}"
+        # /clusters sums the per-host counts of both workers too, whichever one answers
+        for _ in range(4):
+            lines = proxy.admin("/clusters")[2].decode().splitlines()
+            assert f"nginx::{nginx.socket_path}::rq_total::9" in lines, lines
+            assert f"py::{py_upstream.socket_path}::rq_error::3" in lines, lines
         assert children(proxy.pid) == workers  # nobody restarted on the way
 
 
@@ -509,7 +465,9 @@ def test_read_only_endpoints(tmp_path: Path, nginx: NginxInstance, py_upstream: 
         assert status == 200
         lines = body.decode().splitlines()
         assert f"nginx::{nginx.socket_path}::rq_total::9" in lines
-        assert f"nginx::{nginx.socket_path}::rq_success::7" in lines
+        # Envoy's host rq_success / rq_error: non-5xx / 5xx responses (7 x 200 + 2 x 404)
+        assert f"nginx::{nginx.socket_path}::rq_success::9" in lines
+        assert f"nginx::{nginx.socket_path}::rq_active::0" in lines
         assert f"py::{py_upstream.socket_path}::rq_error::3" in lines
         assert f"nginx::{nginx.socket_path}::health_flags::healthy" in lines
         doc = json.loads(proxy.admin("/clusters?format=json")[2])
@@ -663,6 +621,24 @@ def test_drain_listeners_stops_accepting_and_quitquitquit_exits_0(
 
         assert p.admin("/quitquitquit", "POST")[::2] == (200, b"OK\n")
         assert p.proc.wait(15) == 0
+
+
+@pytest.mark.parametrize("concurrency", ["1", "2"])
+def test_graceful_drain_discourages_keepalive_then_stops_accepting(
+    tmp_path: Path, nginx: NginxInstance, py_upstream: PyUpstream, concurrency: str
+) -> None:
+    args = ("--concurrency", concurrency, "--drain-time-s", "1.5")
+    with running(tmp_path, proxy_config(nginx, py_upstream), *args) as p:
+        assert get(p.address, "/index.html").status == 200
+        assert p.admin("/drain_listeners?graceful", "POST")[::2] == (200, b"OK\n")
+        # during the drain time: still accepting, every response says connection: close
+        answers = [get(p.address, "/index.html", headers={"Connection": "keep-alive"})]
+        answers += [get(p.address, "/py/hello") for _ in range(5)]
+        assert [(r.status, r.header("connection")) for r in answers] == [(200, "close")] * 6
+        assert p.admin("/ready")[0] == 503
+        # then the listeners close
+        assert wait_until(lambda: _refused(p.address), 10)
+        assert p.proc.poll() is None  # draining is not exiting
 
 
 def test_drain_listeners_with_two_workers(

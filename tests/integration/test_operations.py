@@ -6,13 +6,11 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import re
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ import pytest
 import yaml
 
 from tests.integration.support import (
+    CliProxy,
     NginxInstance,
     PyUpstream,
     bootstrap,
@@ -33,56 +32,7 @@ from tests.integration.support import (
 )
 
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-_LISTENING = re.compile(r"udsproxy: listener '([^']*)' listening on 127\.0\.0\.1:(\d+)")
-
-
-class Proc:
-    """udsproxy -c FILE as a subprocess; ports read from its stderr."""
-
-    def __init__(self, config_path: Path, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "udsproxy", "-c", str(config_path), *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        )
-        self.lines: list[str] = []
-        self.ports: dict[str, int] = {}
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            m = _LISTENING.search(line)
-            if m:
-                self.ports[m.group(1)] = int(m.group(2))
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.lines)
-
-    def wait_listening(self, name: str, timeout: float = 30) -> int:
-        assert wait_until(lambda: name in self.ports or self.proc.poll() is not None, timeout)
-        assert name in self.ports, self.stderr
-        return self.ports[name]
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise
-        finally:
-            self._reader.join(5)
-            if self.proc.stderr is not None:
-                self.proc.stderr.close()
+Proc = CliProxy  # udsproxy -c FILE as a subprocess
 
 
 def _get(
@@ -225,6 +175,68 @@ def test_cds_update_under_load_drops_no_request(
         assert "applied" in proc.stderr
     finally:
         assert proc.stop() == 0
+
+
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _lds(path: Path, version: str, listeners: list[dict[str, Any]]) -> None:
+    doc = {"version_info": version, "resources": [{"@type": LISTENER_TYPE, **x} for x in listeners]}
+    _replace(path, lambda p: p.write_text(yaml.safe_dump(doc, sort_keys=False)))
+
+
+def test_lds_update_under_load_with_two_workers(
+    tmp_path: Path, nginx: NginxInstance, py_upstream: PyUpstream
+) -> None:
+    """Both workers apply the LDS file: a route change on a kept socket drops no request, a new
+    listener starts, and a removed one stops accepting."""
+    port, extra_port = _free_port(), _free_port()
+    lds_path = tmp_path / "lds.yaml"
+    main_v1 = listener([vhost("all", [route("nginx", prefix="/")])], port=port)
+    main_v2 = listener([vhost("all", [route("py", prefix="/")])], port=port)
+    extra = listener([vhost("all", [route("py", prefix="/")])], name="extra", port=extra_port)
+    _lds(lds_path, "1", [main_v1])
+    cfg = bootstrap(
+        [], [cluster("nginx", nginx.socket_path), cluster("py", py_upstream.socket_path)]
+    )
+    cfg["dynamic_resources"] = {
+        "lds_config": {"resource_api_version": "V3", "path_config_source": {"path": str(lds_path)}}
+    }
+    boot = tmp_path / "bootstrap.yaml"
+    boot.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    proc = Proc(boot, "--concurrency", "2")
+    try:
+        assert proc.wait_listening("ingress_http") == port
+        load = _switch_under_load(proc, port, lambda: _lds(lds_path, "2", [main_v2]))
+        assert load.failures == [], load.failures[:5]
+        # every worker takes it (each watches the file itself): then all new connections
+        # reach the Python upstream, whichever worker accepts them
+        assert wait_until(
+            lambda: all(_get(port, "/py/who")[1] == b"GET /py/who\n" for _ in range(8)), 15
+        ), proc.stderr
+
+        _lds(lds_path, "3", [main_v2, extra])
+        assert wait_until(lambda: not _refused(extra_port), 15), proc.stderr
+        assert all(_get(extra_port, "/x")[0] == 200 for _ in range(8))
+        _lds(lds_path, "4", [main_v2])
+        assert wait_until(lambda: _refused(extra_port), 15), proc.stderr
+        assert _get(port, "/py/still")[0] == 200
+    finally:
+        assert proc.stop() == 0
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
 
 
 def test_bad_update_is_rejected_and_old_config_keeps_serving(

@@ -264,3 +264,26 @@ def test_idle_connection_that_saw_eof_is_not_handed_out(pair):
     assert list(p.host.idle) == [p.up]
     p.up.eof_received()
     assert p.host.acquire() is None
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_headers_named_in_the_upstreams_connection_header_are_not_relayed(pair, mode):
+    p = pair()
+    out = p.respond(
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\nX-End: 1\r\n"
+        b"Content-Length: 2\r\n\r\nok",
+        mode,
+    )
+    assert b"x-hop" not in out.lower() and b"x-end: 1\r\n" in out
+    assert out.endswith(b"\r\n\r\nok")
+    assert list(p.host.idle) == [p.up]  # keep-alive was still honoured
+
+
+def test_transfer_encoding_not_ending_in_chunked_is_close_delimited(pair):
+    # RFC 9112 6.3: a response whose last transfer coding is not chunked ends with the close
+    p = pair()
+    out = p.respond(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nzzzz", "whole")
+    p.up.connection_lost(None)
+    out += p.h.transport.take()
+    assert p.info.response_code == 200 and p.info.response_flags == 0, p.info.response_flags
+    assert out.endswith(b"4\r\nzzzz\r\n0\r\n\r\n")

@@ -21,7 +21,9 @@ from collections.abc import Awaitable, Callable
 from udsproxy.stats import DEFAULT_BUCKETS, Histogram, Snapshot
 from udsproxy.stats.store import Raw
 
-__all__ = ["PeerGroup", "RestartCounter", "merge", "to_snapshot"]
+__all__ = ["HostStats", "PeerGroup", "RestartCounter", "merge", "to_snapshot"]
+
+HostStats = dict[str, dict[str, dict[str, int]]]  # cluster -> host -> stat -> value
 
 log = logging.getLogger("udsproxy.stats.peers")
 
@@ -97,6 +99,8 @@ class PeerGroup:
         self._local = local
         # runs an admin command in this process: (name, argument)
         self.apply = apply
+        # per-host counts for /clusters: cluster -> host -> stat -> value
+        self.hosts: Callable[[], HostStats] = dict
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -115,15 +119,16 @@ class PeerGroup:
             command, _, arg = line.partition(" ")
             if command == "stats":
                 writer.write(json.dumps(self._local()).encode())
+            elif command == "hosts":
+                writer.write(json.dumps(self.hosts()).encode())
             else:
                 await self.apply(command, arg)
                 writer.write(b"{}")
             await writer.drain()
         writer.close()
 
-    async def _ask(self, index: int, command: str) -> Raw | None:
+    async def _ask_json(self, index: int, command: str) -> object | None:
         try:
-            # uvloop cannot connect to an abstract name by path: connect, then hand it over
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.setblocking(False)
@@ -138,11 +143,29 @@ class PeerGroup:
             data = await asyncio.wait_for(reader.read(), _TIMEOUT)
             writer.close()
         except (OSError, TimeoutError) as exc:
-            log.warning("worker %d did not answer for stats: %s", index, exc)
+            log.warning("worker %d did not answer %r: %s", index, command, exc)
             return None
-        if command != "stats":
+        return json.loads(data) if data else None
+
+    async def collect_hosts(self) -> HostStats:
+        """Every worker's per-host counts, summed (a worker that does not answer is left out)."""
+        others = [i for i in range(self.workers) if i != self.index]
+        answers = await asyncio.gather(*(self._ask_json(i, "hosts") for i in others))
+        total: HostStats = {}
+        for part in [self.hosts(), *(a for a in answers if isinstance(a, dict))]:
+            for cluster, hosts in part.items():
+                dst = total.setdefault(cluster, {})
+                for host, stats in hosts.items():
+                    acc = dst.setdefault(host, {})
+                    for k, v in stats.items():
+                        acc[k] = acc.get(k, 0) + v
+        return total
+
+    async def _ask(self, index: int, command: str) -> Raw | None:
+        data = await self._ask_json(index, command)
+        if command != "stats" or not isinstance(data, list):
             return None
-        counters, gauges, hists = json.loads(data)
+        counters, gauges, hists = data
         return counters, gauges, hists
 
     async def collect(self) -> Raw:
