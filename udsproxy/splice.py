@@ -1,7 +1,7 @@
 """Zero-copy relay of a known number of bytes between two sockets with splice(2) through a pipe.
 
-Used for large Content-Length response bodies: the kernel moves the pages from the upstream
-socket into a pipe and from the pipe into the downstream socket, and the bytes never enter
+Used for large Content-Length bodies both ways and for upgraded tunnels: the kernel moves the
+pages from one socket into a pipe and from the pipe into the other, and the bytes never enter
 Python. The two transports keep their fds; the splicer works on duplicates, with the source
 transport's reading paused and the destination transport's write buffer empty, so the byte
 order on both sockets is preserved.
@@ -53,6 +53,7 @@ class Splicer:
 
     __slots__ = (
         "_dst",
+        "_eof",
         "_in_pipe",
         "_loop",
         "_pipe",
@@ -83,6 +84,7 @@ class Splicer:
         self._to_read = count
         self._to_write = count
         self._in_pipe = 0
+        self._eof = False
         self._reading = False
         self._writing = False
         self.on_progress = on_progress
@@ -108,8 +110,14 @@ class Splicer:
                     except BlockingIOError:
                         n = -1
                     if n == 0:
-                        self._fail(None, eof=True)
-                        return
+                        if not self._in_pipe:
+                            self._fail(None, eof=True)
+                            return
+                        # the source ended: deliver what is in the pipe, then report it
+                        self._eof = True
+                        self._to_read = 0
+                        self._to_write = self._in_pipe
+                        n = -1
                     if n > 0:
                         self._to_read -= n
                         self._in_pipe += n
@@ -125,7 +133,10 @@ class Splicer:
                         self.on_progress(n)
                         moved = True
                 if not self._to_write:
-                    self._finish()
+                    if self._eof:
+                        self._fail(None, eof=True)
+                    else:
+                        self._finish()
                     return
                 if not moved:
                     break

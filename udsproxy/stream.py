@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING
 import httptools
 
 from udsproxy import http1
-from udsproxy.downstream import BLOCK_BODY_BUFFER, BLOCK_UPSTREAM_WRITE
+from udsproxy.downstream import BLOCK_BODY_BUFFER, BLOCK_SPLICE, BLOCK_UPSTREAM_WRITE
 from udsproxy.flags import ResponseFlag
 from udsproxy.streaminfo import Peer, StreamInfo
+from udsproxy.tunnel import SplicedTunnel
 
 if TYPE_CHECKING:
     from udsproxy.context import ListenerContext
@@ -84,6 +85,7 @@ class Stream(StreamInfo):
         "reused",
         "route",
         "tunnel_buf",
+        "tunnel_splice",
         "upgrade",
         "upstream",
         "url",
@@ -132,6 +134,7 @@ class Stream(StreamInfo):
         self.chunked_out = False
         self.close_after = False
         self.tunnel_buf: list[bytes] | None = None
+        self.tunnel_splice: SplicedTunnel | None = None
         self.done = False
 
     # -- parsing (called from DownstreamConnection's parser callbacks) ------------------------
@@ -516,6 +519,47 @@ class Stream(StreamInfo):
         self.tunnel_buf = None
         if rest:
             self.on_tunnel_data(rest)
+        if self.ctx.splice_min_bytes:
+            self.ctx.loop.call_soon(self._splice_tunnel)  # once the 101 has left the cork
+
+    def _splice_tunnel(self) -> None:
+        """Move the tunnel to splice(2) if nothing is queued on either side (byte order)."""
+        up, conn = self.upstream, self.conn
+        if self.done or up is None or up.transport is None or conn.transport is None:
+            return
+        if (
+            conn.out
+            or conn.transport.get_write_buffer_size()
+            or up.transport.get_write_buffer_size()
+        ):
+            return  # bytes in flight in Python: this tunnel stays on the transport relay
+        dsock = conn.transport.get_extra_info("socket")
+        usock = up.transport.get_extra_info("socket")
+        if dsock is None or usock is None:
+            return
+        conn.block_reading(BLOCK_SPLICE, True)
+        up.transport.pause_reading()
+        self.tunnel_splice = SplicedTunnel(
+            self.ctx.loop,
+            dsock.fileno(),
+            usock.fileno(),
+            self.on_upload_spliced,
+            self.on_spliced,
+            self._tunnel_closed,
+            self._tunnel_broken,
+        )
+        self.tunnel_splice.start()
+
+    def _tunnel_closed(self) -> None:
+        self.tunnel_splice = None
+        self._drop_upstream()
+        self._finish(True)
+
+    def _tunnel_broken(self) -> None:
+        self.tunnel_splice = None
+        self._drop_upstream()
+        self.conn.abort()
+        self._finish(True)
 
     def on_tunnel_data(self, data: bytes) -> None:
         self.bytes_sent += len(data)
@@ -686,6 +730,9 @@ class Stream(StreamInfo):
             return
         self.done = True
         self.end_mono = time.monotonic()
+        if self.tunnel_splice is not None:
+            self.tunnel_splice.cancel()
+            self.tunnel_splice = None
         conn = self.conn
         if not self.request_complete and self.response_started:
             self.ctx.http_stats.downstream_rq_response_before_rq_complete += 1
