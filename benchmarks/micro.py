@@ -149,8 +149,10 @@ class Rig:
             loop,
             self.store.cluster_for("hugo"),
         )
-        loggers = build_access_loggers(logs, self.registry, loop)
-        self.ctx = ListenerContext(listener, {"hugo": cluster}, loggers, loop, stats=self.store)
+        loggers = build_access_loggers(logs, self.registry)
+        self.ctx = ListenerContext(
+            listener, {"hugo": cluster}, loggers, loop, stats=self.store, batched=True
+        )
         self.host = cluster.hosts[0]
         self.up = UpstreamConnection(self.host)
         self.up_t = _Transport()
@@ -177,8 +179,7 @@ class Rig:
         self.down_t.out.clear()
 
     def close(self) -> None:
-        for logger in self.ctx.access_loggers:
-            logger.flush()
+        self.ctx.flush()
         self.registry.close_all()
 
 

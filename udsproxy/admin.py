@@ -252,7 +252,7 @@ async def _clusters(admin: AdminServer, q: dict[str, str]) -> tuple[int, str, by
     for name, cluster in admin.server.clusters.items():
         hosts = []
         for host in cluster.hosts:
-            stats = per_host.get(name, {}).get(host.text) or host.stats()
+            stats = per_host.get(name, {}).get(host.text) or host.stats()  # no answer: ours
             # Envoy's text form: cluster::host::stat::value
             lines += (f"{name}::{host.text}::{key}::{value}" for key, value in stats.items())
             lines.append(f"{name}::{host.text}::health_flags::healthy")

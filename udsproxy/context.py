@@ -28,7 +28,10 @@ log = logging.getLogger("udsproxy.context")
 class AccessLogger(Protocol):
     def log(self, info: StreamInfo) -> None: ...
 
-    def flush(self) -> None: ...
+    def log_batch(self, infos: Sequence[StreamInfo]) -> None: ...
+
+
+_MAX_FINISHED = 1024  # requests finished in one loop iteration before they are observed anyway
 
 
 class ListenerContext:
@@ -43,6 +46,7 @@ class ListenerContext:
         splice_min_bytes: int = 0,
         stats: StatsStore | None = None,
         request_stats: bool = True,
+        batched: bool = False,
     ) -> None:
         hcm = listener.http_connection_manager
         self.name = listener.name
@@ -78,6 +82,8 @@ class ListenerContext:
         self.listener_stats = store.listener_for(str(listener.address), hcm.stat_prefix)
         # per-request counting can be switched off to measure what it costs
         self.request_stats = request_stats
+        self.batched = batched  # observe at the end of the loop iteration (needs call_soon)
+        self._finished: list[Stream] = []
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a connect attempt; the set keeps a strong reference until it is done."""
@@ -115,31 +121,63 @@ class ListenerContext:
         return Stream(self, conn)
 
     def observe(self, s: Stream) -> None:
-        """The end of a request: observers read what it left behind and never fail it."""
+        """The end of a request: observers read what it left behind and never fail it.
+
+        Batched (the server), the requests finished in one loop iteration are counted and
+        logged together at its end (``call_soon``): measured under load, doing this work in one
+        pass costs about half as much as doing it request by request, as the code and data it
+        touches stay in the CPU's caches. Nothing waits for it.
+        """
         self.http_stats.downstream_rq_active -= 1
+        if not self.batched:
+            self._observe((s,))
+            return
+        queue = self._finished
+        queue.append(s)
+        if len(queue) == 1:
+            self.loop.call_soon(self.flush)
+        elif len(queue) >= _MAX_FINISHED:
+            self.flush()
+
+    def flush(self) -> None:
+        """Count and log the finished requests not yet observed (also at shutdown)."""
+        queue = self._finished
+        if queue:
+            self._finished = []
+            self._observe(queue)
+
+    def _observe(self, finished: Sequence[Stream]) -> None:
         if self.request_stats:
-            self._count(s)
+            count = self._count
+            try:
+                for s in finished:
+                    count(s)
+            except Exception:  # a stats bug must not break the data path
+                log.exception("request stats failed")
         for logger in self.access_loggers:
             try:
-                logger.log(s)
+                logger.log_batch(finished)
             except Exception:  # an access log bug must not break the data path
                 log.exception("access log failed")
 
     def _count(self, s: Stream) -> None:
-        hs = self.http_stats
-        ls = self.listener_stats
+        # One ledger entry per (host, status, ms bucket): every per-request counter is derived
+        # from it at scrape time (stats.store.ListenerStats.entries).
         code = s.response_code
-        klass = code // 100 if code < 600 else 0
-        hs.rq_class[klass] += 1  # totals are sums of the classes, taken at scrape time
-        ls.rq_class[klass] += 1
         end = s.end_mono or s.start_mono
         ms = (end - s.start_mono) * 1000.0
-        bucket = bisect_left(BOUNDS, ms)  # the histogram update, inlined: hot path
-        hist = hs.rq_time
-        hist.counts[bucket] += 1
-        hist.sum += ms
+        host = s.host
+        key = (None if host is None else host.ledger_key, code, bisect_left(BOUNDS, ms))
+        entries = self.listener_stats.entries
+        entry = entries.get(key)
+        if entry is None:
+            entries[key] = [1, ms]
+        else:
+            entry[0] += 1
+            entry[1] += ms
         flags = s.response_flags
         if flags:
+            hs = self.http_stats
             if flags & ResponseFlag.NR:
                 hs.no_route += 1
             if flags & ResponseFlag.NC:
@@ -150,27 +188,8 @@ class ListenerContext:
                 hs.downstream_rq_idle_timeout += 1
             if flags & ResponseFlag.DPE:
                 hs.downstream_cx_protocol_error += 1
-        elif code == 403 and s.response_code_details == "upgrade_failed":
-            hs.downstream_rq_ws_on_non_ws_route += 1
-        host = s.host
-        if host is not None:
-            hs.rq_total += 1
-            if 0 < code < 500:  # Envoy's host rq_success / rq_error: non-5xx / 5xx (or none)
-                host.rq_success += 1
-            else:
-                host.rq_error += 1
-            cs = host.cluster.stats
-            if code:
-                codes = cs.codes
-                codes[code] = codes.get(code, 0) + 1
-            else:
-                cs.no_response += 1
-            hist = cs.rq_time
-            hist.counts[bucket] += 1
-            hist.sum += ms
-            if s.retried:
-                cs.upstream_rq_retry += 1
-            if flags:
+            if host is not None:
+                cs = host.cluster.stats
                 if flags & ResponseFlag.UT:
                     cs.upstream_rq_timeout += 1
                     host.rq_timeout += 1
@@ -178,3 +197,7 @@ class ListenerContext:
                     cs.upstream_rq_rx_reset += 1
                 if flags & (ResponseFlag.DC | ResponseFlag.UPE):
                     cs.upstream_rq_tx_reset += 1
+        elif code == 403 and s.response_code_details == "upgrade_failed":
+            self.http_stats.downstream_rq_ws_on_non_ws_route += 1
+        if s.retried and host is not None:
+            host.cluster.stats.upstream_rq_retry += 1

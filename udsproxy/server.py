@@ -301,9 +301,7 @@ class Server:
             )
 
     def _context(self, config: schema.Listener, clusters: dict[str, Cluster]) -> ListenerContext:
-        loggers = build_access_loggers(
-            config.http_connection_manager.access_log, self.sinks, self.loop
-        )
+        loggers = build_access_loggers(config.http_connection_manager.access_log, self.sinks)
         return ListenerContext(
             config,
             clusters,
@@ -312,6 +310,7 @@ class Server:
             self.splice_min_bytes,
             stats=self.store,
             request_stats=self.request_stats,
+            batched=True,
         )
 
     async def _start_slot(
@@ -411,8 +410,9 @@ class Server:
 
     def host_stats(self) -> dict[str, dict[str, dict[str, int]]]:
         """cluster -> host -> its /clusters counts, in this process."""
+        results = self.store.host_results()
         return {
-            name: {h.text: h.stats() for h in cluster.hosts}
+            name: {h.text: h.stats(results.get(h.ledger_key, (0, 0))) for h in cluster.hosts}
             for name, cluster in self.clusters.items()
         }
 
@@ -485,8 +485,7 @@ class Server:
         await asyncio.sleep(0)  # let transports run connection_lost
         for slot in self.slots.values():
             for ctx in slot.contexts():
-                for logger in ctx.access_loggers:
-                    logger.flush()  # lines queued in this loop iteration
+                ctx.flush()  # requests finished in this loop iteration
         self.sinks.close_all()
         self._stopped.set()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -365,9 +366,10 @@ class UpstreamConnection(asyncio.Protocol):
 class Host:
     """One endpoint of a cluster with its pool of idle keep-alive connections."""
 
-    # Per-host counts for the admin's /clusters (Envoy's host stats), plain ints.
-    STATS = ("cx_total", "cx_active", "cx_connect_fail", "rq_total", "rq_success", "rq_error")
-    __slots__ = ("_timer", "address", "cluster", "idle", "loop", "rq_timeout", "text", *STATS)
+    # Per-host counts for the admin's /clusters (Envoy's host stats), plain ints; rq_success and
+    # rq_error come from the stats ledger (by ``ledger_key``).
+    STATS = ("cx_total", "cx_active", "cx_connect_fail", "rq_total", "rq_timeout")
+    __slots__ = ("_timer", "address", "cluster", "idle", "ledger_key", "loop", "text", *STATS)
 
     def __init__(self, cluster: Cluster, address: schema.Address) -> None:
         self.cluster = cluster
@@ -376,13 +378,15 @@ class Host:
         self.text = str(address)  # %UPSTREAM_HOST%: a pipe renders as its path
         self.idle: collections.deque[UpstreamConnection] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
+        self.ledger_key = (cluster.stats, self.text)  # outlives this object across reloads
         self.cx_total = self.cx_active = self.cx_connect_fail = 0
-        self.rq_total = self.rq_success = self.rq_error = self.rq_timeout = 0
+        self.rq_total = self.rq_timeout = 0
 
-    def stats(self) -> dict[str, int]:
-        """/clusters' numbers for this host; rq_active is its busy connections."""
+    def stats(self, results: Sequence[int] = (0, 0)) -> dict[str, int]:
+        """/clusters' numbers for this host; ``results`` is its [rq_success, rq_error] from the
+        stats ledger; rq_active is its busy connections."""
         out = {name: getattr(self, name) for name in self.STATS}
-        out["rq_timeout"] = self.rq_timeout
+        out["rq_success"], out["rq_error"] = results
         out["rq_active"] = max(self.cx_active - len(self.idle), 0)
         return out
 

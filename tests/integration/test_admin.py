@@ -826,7 +826,13 @@ def test_cds_reload_counters(
         assert after_good["update_rejected"] == 1
         assert after_good["update_attempt"] == before.get("update_attempt", 0) + 2
         assert after_good["version"] != before["version"]
-        assert get(proxy.address, "/py/hello").body == b"GET /py/hello\n"
+        # each worker applies the file itself: soon every new connection reaches the new cluster
+        assert wait_until(
+            lambda: all(
+                get(proxy.address, "/py/hello").body == b"GET /py/hello\n" for _ in range(6)
+            ),
+            15,
+        )
 
         s = scrape(proxy)
         assert s.value("envoy_cluster_manager_cds_update_rejected", {}) == 1

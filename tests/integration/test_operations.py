@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.integration.conftest import REPORT
 from tests.integration.support import (
     CliProxy,
     NginxInstance,
@@ -171,6 +172,9 @@ def test_cds_update_under_load_drops_no_request(
                 shutil.rmtree(first)
 
         load = _switch_under_load(proc, port, change)
+        REPORT[f"CDS reload under load ({how})"] = (
+            f"{load.ok} requests, {len(load.failures)} failed"
+        )
         assert load.failures == [], load.failures[:5]
         assert "applied" in proc.stderr
     finally:
@@ -214,6 +218,9 @@ def test_lds_update_under_load_with_two_workers(
     try:
         assert proc.wait_listening("ingress_http") == port
         load = _switch_under_load(proc, port, lambda: _lds(lds_path, "2", [main_v2]))
+        REPORT["LDS route change under load (2 workers)"] = (
+            f"{load.ok} requests, {len(load.failures)} failed"
+        )
         assert load.failures == [], load.failures[:5]
         # every worker takes it (each watches the file itself): then all new connections
         # reach the Python upstream, whichever worker accepts them

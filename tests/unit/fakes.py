@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from udsproxy.config import schema
@@ -131,8 +131,8 @@ class Recorder:
     def log(self, info: StreamInfo) -> None:
         self.infos.append(info)
 
-    def flush(self) -> None:
-        pass
+    def log_batch(self, infos: Sequence[StreamInfo]) -> None:
+        self.infos.extend(infos)
 
 
 def make_listener(**hcm: Any) -> schema.Listener:

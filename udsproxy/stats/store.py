@@ -7,12 +7,14 @@ are summed across worker processes and rendered by ``udsproxy.stats.render``.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from typing import Any
 
 from udsproxy.stats import DEFAULT_BUCKETS
 
-__all__ = ["BOUNDS", "ClusterStats", "Hist", "HttpStats", "ListenerStats", "Raw", "StatsStore"]
+__all__ = [
+    "BOUNDS", "ClusterStats", "HostKey", "HttpStats", "ListenerStats", "Raw",
+    "StatsStore", "Tally",
+]  # fmt: skip
 
 # (counters, gauges, histograms): histograms as name -> [sum, count, *bucket counts]
 Raw = tuple[dict[str, int], dict[str, int], dict[str, list[float]]]
@@ -20,21 +22,35 @@ Raw = tuple[dict[str, int], dict[str, int], dict[str, list[float]]]
 _BOUNDS = BOUNDS = DEFAULT_BUCKETS
 
 
-class Hist:
-    """Envoy-bucketed histogram in ms: one bisect and two adds per sample (the count is the
-    sum of the buckets, taken at scrape time)."""
+# An upstream host in the ledger: its cluster's stats and its address text (never the Host object,
+# which a reload replaces: the ledger must not keep it alive).
+HostKey = tuple[Any, str]
 
-    __slots__ = ("counts", "sum")
+
+class Tally:
+    """What a set of ledger entries adds up to (scrape time only)."""
+
+    __slots__ = ("classes", "codes", "counts", "routed", "sum")
 
     def __init__(self) -> None:
+        self.classes = [0] * 6  # index: status // 100; 0 for no status (and nonsense ones)
+        self.codes: dict[int, int] = {}
         self.counts = [0] * (len(_BOUNDS) + 1)
+        self.routed = 0  # requests that had an upstream host
         self.sum = 0.0
 
-    def record(self, ms: float) -> None:
-        self.counts[bisect_left(_BOUNDS, ms)] += 1
+    def add(self, code: int, bucket: int, n: int, ms: float) -> None:
+        self.classes[code // 100 if code < 600 else 0] += n
+        if code:
+            self.codes[code] = self.codes.get(code, 0) + n
+        self.counts[bucket] += n
         self.sum += ms
 
-    def raw(self) -> list[float]:
+    @property
+    def total(self) -> int:
+        return sum(self.classes)
+
+    def hist(self) -> list[float]:
         return [self.sum, float(sum(self.counts)), *map(float, self.counts)]
 
 
@@ -82,7 +98,6 @@ class HttpStats:
     downstream_rq_non_relative_path: int
     no_route: int
     no_cluster: int
-    rq_total: int
     downstream_cx_active: int  # gauge
     downstream_cx_http1_active: int  # gauge
     downstream_cx_upgrades_active: int  # gauge
@@ -94,13 +109,11 @@ class HttpStats:
         "downstream_rq_active",
     )
     COUNTERS = _counters(__annotations__, GAUGES)
-    __slots__ = (*COUNTERS, *GAUGES, "rq_class", "rq_time")
+    __slots__ = (*COUNTERS, *GAUGES)
 
     def __init__(self) -> None:
         for name in self.COUNTERS + self.GAUGES:
             setattr(self, name, 0)
-        self.rq_class = [0] * 6  # index: status // 100
-        self.rq_time = Hist()
 
     def dump(
         self,
@@ -108,21 +121,20 @@ class HttpStats:
         counters: dict[str, int],
         gauges: dict[str, int],
         hists: dict[str, list[float]],
+        tally: Tally,
     ) -> None:
         _dump(self, prefix, counters, gauges)
         for i, cls in enumerate(_CLASSES, 1):
-            counters[f"{prefix}downstream_rq_{cls}"] = self.rq_class[i]
-        # every finished request is counted once, by its class; these are sums of it
-        total = sum(self.rq_class)
+            counters[f"{prefix}downstream_rq_{cls}"] = tally.classes[i]
+        total = tally.total
         counters[prefix + "downstream_rq_total"] = total
         counters[prefix + "downstream_rq_http1_total"] = total
         counters[prefix + "downstream_rq_completed"] = total
-        hists[prefix + "downstream_rq_time"] = self.rq_time.raw()
+        counters[prefix + "rq_total"] = tally.routed  # the router's: requests sent upstream
+        hists[prefix + "downstream_rq_time"] = tally.hist()
 
     def reset(self) -> None:
         _reset(self)
-        self.rq_class = [0] * 6
-        self.rq_time = Hist()
 
 
 class ListenerStats:
@@ -133,24 +145,33 @@ class ListenerStats:
     downstream_cx_active: int  # gauge
     GAUGES = ("downstream_cx_active",)
     COUNTERS = _counters(__annotations__, GAUGES)
-    __slots__ = (*COUNTERS, *GAUGES, "rq_class")
+    __slots__ = (*COUNTERS, *GAUGES, "entries")
 
     def __init__(self) -> None:
         for name in self.COUNTERS + self.GAUGES:
             setattr(self, name, 0)
-        self.rq_class = [0] * 6
+        # The ledger: every finished request of this listener, as one dict entry,
+        # (upstream host key | None, status, ms bucket) -> [count, sum of ms]. All per-request
+        # counters (classes, totals, codes, histograms, per-host results) are derived from it
+        # at scrape time, so counting a request is one lookup and two adds.
+        self.entries: dict[tuple[HostKey | None, int, int], list[float]] = {}
 
     def dump(
-        self, prefix: str, http_prefix: str, counters: dict[str, int], gauges: dict[str, int]
+        self,
+        prefix: str,
+        http_prefix: str,
+        counters: dict[str, int],
+        gauges: dict[str, int],
+        tally: Tally,
     ) -> None:
         _dump(self, prefix, counters, gauges)
         for i, cls in enumerate(_CLASSES, 1):
-            counters[f"{prefix}http.{http_prefix}.downstream_rq_{cls}"] = self.rq_class[i]
-        counters[f"{prefix}http.{http_prefix}.downstream_rq_completed"] = sum(self.rq_class)
+            counters[f"{prefix}http.{http_prefix}.downstream_rq_{cls}"] = tally.classes[i]
+        counters[f"{prefix}http.{http_prefix}.downstream_rq_completed"] = tally.total
 
     def reset(self) -> None:
         _reset(self)
-        self.rq_class = [0] * 6
+        self.entries = {}
 
 
 class ClusterStats:
@@ -196,14 +217,11 @@ class ClusterStats:
         "uds_fs_total_bytes",
     )
     COUNTERS = _counters(__annotations__, GAUGES)
-    __slots__ = (*COUNTERS, *GAUGES, "codes", "no_response", "rq_time")
+    __slots__ = (*COUNTERS, *GAUGES)
 
     def __init__(self) -> None:
         for name in self.COUNTERS + self.GAUGES:
             setattr(self, name, 0)
-        self.codes: dict[int, int] = {}  # status -> count; classes are derived at scrape
-        self.no_response = 0  # upstream requests that ended without any status (client left)
-        self.rq_time = Hist()
 
     def dump(
         self,
@@ -211,25 +229,23 @@ class ClusterStats:
         counters: dict[str, int],
         gauges: dict[str, int],
         hists: dict[str, list[float]],
+        tally: Tally,
     ) -> None:
         _dump(self, prefix, counters, gauges)
         classes = [0] * 6
-        for code, n in self.codes.items():
+        for code, n in tally.codes.items():
             counters[f"{prefix}upstream_rq_{code}"] = n
             if 100 <= code < 600:
                 classes[code // 100] += n
         for i, cls in enumerate(_CLASSES, 1):
             counters[f"{prefix}upstream_rq_{cls}"] = classes[i]
-        total = sum(self.codes.values()) + self.no_response
+        total = tally.total  # with the requests that ended without any status (client left)
         counters[prefix + "upstream_rq_total"] = total
         counters[prefix + "upstream_rq_completed"] = total
-        hists[prefix + "upstream_rq_time"] = self.rq_time.raw()
+        hists[prefix + "upstream_rq_time"] = tally.hist()
 
     def reset(self) -> None:
         _reset(self)
-        self.codes = {}
-        self.no_response = 0
-        self.rq_time = Hist()
 
 
 class StatsStore:
@@ -264,13 +280,35 @@ class StatsStore:
         counters: dict[str, int] = {}
         gauges: dict[str, int] = {}
         hists: dict[str, list[float]] = {}
-        for prefix, hs in self.http.items():
-            hs.dump(f"http.{prefix}.", counters, gauges, hists)
+        http = {prefix: Tally() for prefix in self.http}
+        clusters: dict[int, Tally] = {}  # id(ClusterStats) -> its requests
         for key, (ls, http_prefix) in self.listeners.items():
-            ls.dump(f"listener.{key}.", http_prefix, counters, gauges)
+            mine = Tally()
+            into = http.setdefault(http_prefix, Tally())
+            for (host, code, bucket), (n, ms) in ls.entries.items():
+                count = int(n)
+                mine.add(code, bucket, count, ms)
+                into.add(code, bucket, count, ms)
+                if host is not None:
+                    into.routed += count
+                    clusters.setdefault(id(host[0]), Tally()).add(code, bucket, count, ms)
+            ls.dump(f"listener.{key}.", http_prefix, counters, gauges, mine)
+        for prefix, hs in self.http.items():
+            hs.dump(f"http.{prefix}.", counters, gauges, hists, http[prefix])
         for name, cs in self.clusters.items():
-            cs.dump(f"cluster.{name}.", counters, gauges, hists)
+            cs.dump(f"cluster.{name}.", counters, gauges, hists, clusters.get(id(cs), Tally()))
         return counters, gauges, hists
+
+    def host_results(self) -> dict[HostKey, list[int]]:
+        """(cluster stats, host) -> [rq_success, rq_error]: Envoy's per-host non-5xx / 5xx (a
+        request that ended without a status is an error), for the admin's /clusters."""
+        out: dict[HostKey, list[int]] = {}
+        for ls, _prefix in self.listeners.values():
+            for (host, code, _bucket), (n, _ms) in ls.entries.items():
+                if host is not None:
+                    results = out.setdefault(host, [0, 0])
+                    results[0 if 0 < code < 500 else 1] += int(n)
+        return out
 
     def reset(self) -> None:
         """/reset_counters: counters and histograms to zero; gauges keep their value."""
