@@ -57,6 +57,12 @@ def catalog(workers: int) -> dict[str, Subject]:
         Subject("nginx-nopool", "nginx, no upstream keepalive", "nginx", pool=False),
         Subject("udsproxy-splice0", "udsproxy, splice off", "udsproxy", splice_min=0),
         Subject("udsproxy-splice64k", "udsproxy, splice ≥ 64 KiB", "udsproxy", splice_min=65536),
+        Subject(
+            "udsproxy-splice-resp",
+            "udsproxy, responses spliced too",
+            "udsproxy",
+            splice_responses=True,
+        ),
         Subject("udsproxy-nostats", "udsproxy, request stats off", "udsproxy", stats=False),
         # What the tuning buys (not run by default)
         Subject("nginx-stock", "nginx, stock buffers (log on)", "nginx", log=True, variant="stock"),

@@ -49,8 +49,12 @@ EXPERIMENTS: dict[str, Experiment] = {
         ),
         Experiment(
             "splice",
-            "splice(2) vs the memoryview relay (--splice-min-bytes 0)",
-            (("udsproxy-splice0", "udsproxy-nolog"), ("udsproxy-splice0", "udsproxy-splice64k")),
+            "splice(2) vs the memoryview relay (--splice-min-bytes 0; --splice-responses)",
+            (
+                ("udsproxy-splice0", "udsproxy-nolog"),
+                ("udsproxy-splice0", "udsproxy-splice64k"),
+                ("udsproxy-nolog", "udsproxy-splice-resp"),
+            ),
             ("get100k", "get1m", "post16k", "post1m"),
         ),
         Experiment(

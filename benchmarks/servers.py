@@ -180,6 +180,7 @@ class Subject:
     pool: bool = True  # upstream keep-alive pool
     splice_min: int | None = None  # udsproxy --splice-min-bytes (None: its default)
     stats: bool = True  # udsproxy: False runs it with --disable-request-stats
+    splice_responses: bool = False  # udsproxy --splice-responses
     workers: int = 1
     variant: str = ""  # nginx: tuned | stock buffers; haproxy: default | splice
     port: int = 0
@@ -274,6 +275,8 @@ class Subjects:
                 s.argv += ["--splice-min-bytes", str(s.splice_min)]
             if not s.stats:
                 s.argv.append("--disable-request-stats")
+            if s.splice_responses:
+                s.argv.append("--splice-responses")
             if self.concurrency_flag:
                 s.argv += ["--concurrency", str(s.workers)]
             env["PYTHONUNBUFFERED"] = "1"

@@ -42,8 +42,13 @@ def _parser() -> argparse.ArgumentParser:
         "--splice-min-bytes",
         type=int,
         default=None,
-        help="relay Content-Length bodies at least this large with splice(2); 0 disables "
-        "(default 262144)",
+        help="relay Content-Length request bodies at least this large, and upgraded tunnels, "
+        "with splice(2); 0 disables all splicing (default 262144)",
+    )
+    p.add_argument(
+        "--splice-responses",
+        action="store_true",
+        help="splice large Content-Length response bodies too (off: measured slower here)",
     )
     p.add_argument(
         "--ready-requires-upstream",
@@ -111,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     concurrency = args.concurrency or os.cpu_count() or 1
     options: dict[str, Any] = {
         "splice_min_bytes": splice,
+        "splice_responses": args.splice_responses,
         "request_stats": not args.disable_request_stats,
         "ready_requires_upstream": args.ready_requires_upstream,
         "options": {k: v for k, v in vars(args).items() if k != "config_yaml"},

@@ -44,6 +44,7 @@ class ListenerContext:
         access_loggers: Sequence[AccessLogger],
         loop: asyncio.AbstractEventLoop,
         splice_min_bytes: int = 0,
+        splice_responses: bool = False,
         stats: StatsStore | None = None,
         request_stats: bool = True,
         batched: bool = False,
@@ -73,6 +74,9 @@ class ListenerContext:
         # Content-Length bodies at least this large go through splice(2); 0 turns it off.
         # Never on TLS: the kernel would move plaintext around the encryption.
         self.splice_min_bytes = splice_min_bytes if splice.AVAILABLE and listener.tls is None else 0
+        # Response bodies: off unless asked for. Measured on this path (benchmarks, splice
+        # experiment), 1 MiB downloads ran at 0.8x the rate of the memoryview relay.
+        self.splice_response_min = self.splice_min_bytes if splice_responses else 0
         self.draining = False  # set on shutdown: responses carry connection: close
         self.connections: set[DownstreamConnection] = set()
         self._next_id = 0

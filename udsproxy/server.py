@@ -88,6 +88,7 @@ class Server:
         *,
         source: ConfigSource | None = None,
         splice_min_bytes: int = DEFAULT_SPLICE_MIN_BYTES,
+        splice_responses: bool = False,
         reuse_port: bool = False,
         inherited: Mapping[str, socket.socket] | None = None,
         announce: bool = False,
@@ -105,6 +106,7 @@ class Server:
         self.loop = loop
         self.source = source
         self.splice_min_bytes = splice_min_bytes
+        self.splice_responses = splice_responses
         self.reuse_port = reuse_port
         self.inherited = dict(inherited or {})
         self.announce = announce
@@ -127,6 +129,7 @@ class Server:
         *,
         announce: bool = False,
         splice_min_bytes: int = DEFAULT_SPLICE_MIN_BYTES,
+        splice_responses: bool = False,
         reuse_port: bool = False,
         inherited: Mapping[str, socket.socket] | None = None,
         request_stats: bool = True,
@@ -144,6 +147,7 @@ class Server:
             asyncio.get_running_loop(),
             source=config,
             splice_min_bytes=splice_min_bytes,
+            splice_responses=splice_responses,
             reuse_port=reuse_port,
             inherited=inherited,
             announce=announce,
@@ -308,6 +312,7 @@ class Server:
             loggers,
             self.loop,
             self.splice_min_bytes,
+            splice_responses=self.splice_responses,
             stats=self.store,
             request_stats=self.request_stats,
             batched=True,

@@ -41,6 +41,7 @@ async def serve(
     *,
     drain_time: float,
     splice_min_bytes: int,
+    splice_responses: bool = False,
     reuse_port: bool = False,
     inherited: dict[str, socket.socket] | None = None,
     worker: int | None = None,
@@ -60,6 +61,7 @@ async def serve(
         source,  # type: ignore[arg-type]
         announce=worker is None or worker == 0,
         splice_min_bytes=splice_min_bytes,
+        splice_responses=splice_responses,
         reuse_port=reuse_port,
         inherited=inherited,
         request_stats=request_stats,

@@ -129,7 +129,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._received(stream, data)
         finally:
             downstream.uncork()
-        splice_min = stream.ctx.splice_min_bytes
+        splice_min = stream.ctx.splice_response_min
         if splice_min and self.body_remaining >= splice_min and not stream.chunked_out:
             self._start_splice(stream)
 

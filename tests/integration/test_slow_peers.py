@@ -56,10 +56,13 @@ def big_file(site: Site) -> str:
 def slow_proxy(
     request: pytest.FixtureRequest, nginx: NginxInstance, tmp_path: Path, sock_path: SockPaths
 ) -> Iterator[tuple[ProxyProcess, PyUpstream]]:
-    """param "python" keeps every body on the Python relay (--splice-min-bytes 0); the default
-    lets large Content-Length bodies go through splice(2)."""
+    """param "python" keeps every body on the Python relay (--splice-min-bytes 0); "default"
+    splices uploads but relays responses in Python; "splice" (--splice-responses) lets large
+    Content-Length response bodies go through splice(2) too."""
     relay = getattr(request, "param", "default")
-    extra = ("--splice-min-bytes", "0") if relay == "python" else ()
+    extra = {"python": ("--splice-min-bytes", "0"), "splice": ("--splice-responses",)}.get(
+        relay, ()
+    )
     up = PyUpstream(sock_path("slowsink"))
     config = bootstrap(
         [
@@ -92,7 +95,7 @@ def _baseline(proxy: ProxyProcess, site: Site) -> int:
     return proxy.rss_kib()
 
 
-@pytest.mark.parametrize("slow_proxy", ["default", "python"], indirect=True)
+@pytest.mark.parametrize("slow_proxy", ["splice", "default", "python"], indirect=True)
 def test_slow_reader_of_large_response(
     slow_proxy: tuple[ProxyProcess, PyUpstream],
     site: Site,
