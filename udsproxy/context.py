@@ -86,7 +86,9 @@ class ListenerContext:
         self.listener_stats = store.listener_for(str(listener.address), hcm.stat_prefix)
         # per-request counting can be switched off to measure what it costs
         self.request_stats = request_stats
-        self.batched = batched  # observe at the end of the loop iteration (needs call_soon)
+        # observe at the end of the loop iteration (needs call_soon); what the batch saves is the
+        # access log's formatting, so without one it would only add bookkeeping
+        self.batched = batched and bool(self.access_loggers)
         self._finished: list[Stream] = []
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
