@@ -241,10 +241,8 @@ class Server:
                 if slot is None or slot.config.address != config.address:
                     self._check_new_address(config)
                     fresh[config.name] = await self._start_slot(config, clusters)
-                elif slot.config != config:
-                    # built before the swap: opening an access log file may still fail
-                    contexts[config.name] = self._context(config, clusters)
-                elif (slot.tls is None) != (config.tls is None):
+                    continue
+                if (slot.tls is None) != (config.tls is None):
                     raise ConfigError(
                         [
                             (
@@ -254,8 +252,11 @@ class Server:
                             )
                         ]
                     )
-                elif config.tls is not None and slot.tls is not None:
+                if config.tls is not None and slot.tls is not None:
                     slot.tls.load(config.tls)  # new certificates for new handshakes
+                if slot.config != config:
+                    # built before the swap: opening an access log file may still fail
+                    contexts[config.name] = self._context(config, clusters)
         except BaseException:
             for slot in fresh.values():
                 await self._close_slot(slot)

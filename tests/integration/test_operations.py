@@ -412,6 +412,25 @@ def _tls_chain(
     return chain
 
 
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+def test_reload_cannot_switch_tls_on_in_place(tmp_path: Path, nginx: NginxInstance) -> None:
+    """The listener's socket stays plain: the update is rejected and plain HTTP keeps serving."""
+    path = tmp_path / "proxy.yaml"
+    base = listener([vhost("all", [route("nginx", prefix="/")])], port=_free_port())
+    clusters = [cluster("nginx", nginx.socket_path)]
+    path.write_text(yaml.safe_dump(bootstrap([base], clusters), sort_keys=False))
+    proc = Proc(path, "--concurrency", "1")
+    try:
+        port = proc.wait_listening("ingress_http")
+        tls = dict(base, filter_chains=[_tls_chain(*_cert(tmp_path, "a.test"), None, base)])
+        path.write_text(yaml.safe_dump(bootstrap([tls], clusters), sort_keys=False))
+        proc.proc.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "cannot be switched on or off" in proc.stderr, 15), proc.stderr
+        assert _get(port, "/index.html")[0] == 200
+    finally:
+        assert proc.stop() == 0
+
+
 @pytest.mark.skipif(
     shutil.which("openssl") is None or shutil.which("curl") is None, reason="needs openssl and curl"
 )
