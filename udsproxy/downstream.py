@@ -18,7 +18,7 @@ import httptools
 
 from udsproxy import http1
 from udsproxy.http1 import SPECIAL_REQUEST_HEADERS
-from udsproxy.splice import Splicer
+from udsproxy.splice import Splicer, splice_fds
 from udsproxy.streaminfo import Peer
 
 if TYPE_CHECKING:
@@ -188,24 +188,20 @@ class DownstreamConnection(asyncio.Protocol):
     def _splice_upload(self, s: Stream) -> None:
         """Hand the rest of a large Content-Length request body to splice(2), once the stream
         has its upstream connection and nothing is queued on it (byte order is kept)."""
-        if s.req_chunked or s.req_cl < 0 or self.blocked or self.transport is None:
+        if s.req_chunked or s.req_cl < 0 or self.blocked:
             return
         remaining = s.req_cl - s.bytes_received
         up = s.upstream
-        if remaining < self.ctx.splice_min_bytes or up is None or up.transport is None:
+        if remaining < self.ctx.splice_min_bytes or up is None or up.splicer is not None:
             return
-        if up.transport.get_write_buffer_size() or up.splicer is not None:
-            return
-        dsock = self.transport.get_extra_info("socket")
-        usock = up.transport.get_extra_info("socket")
-        if dsock is None or usock is None:
+        fds = splice_fds(self.transport, up.transport)
+        if fds is None:
             return
         s.no_replay()  # a spliced body cannot be sent again on a retry
         self._pause(BLOCK_SPLICE)
         self.splicer = Splicer(
             self.loop,
-            dsock.fileno(),
-            usock.fileno(),
+            *fds,
             remaining,
             s.on_upload_spliced,
             self._upload_spliced,

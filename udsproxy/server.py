@@ -515,13 +515,15 @@ def _blamed(
 ) -> list[str]:
     """The sources a rejected update counts against: those whose file the errors name (each
     error path starts with its file), or every one when the bootstrap itself is at fault."""
-    files = {"cds": dyn.cds.path if dyn and dyn.cds else None}
-    files["lds"] = dyn.lds.path if dyn and dyn.lds else None
+    files = {
+        "cds": dyn.cds.path if dyn and dyn.cds else "",
+        "lds": dyn.lds.path if dyn and dyn.lds else "",
+    }
     if isinstance(exc, ConfigError):
         paths = [path for path, _ in exc.errors]
     else:
         paths = [exc.filename] if isinstance(exc.filename, str) else []
-    named = [k for k in kinds if files[k] and any(p.startswith(files[k] or "") for p in paths)]
+    named = [k for k in kinds if files[k] and any(p.startswith(files[k]) for p in paths)]
     return named or kinds or ["cds", "lds"]
 
 

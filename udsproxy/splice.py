@@ -15,13 +15,27 @@ import fcntl
 import os
 from collections.abc import Callable
 
-__all__ = ["AVAILABLE", "Splicer"]
+__all__ = ["AVAILABLE", "Splicer", "splice_fds"]
 
 AVAILABLE = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
 _PIPE_SIZE = 1 << 20
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _free_pipes: list[tuple[int, int, int]] = []  # (read fd, write fd, capacity), reused per process
 _MAX_FREE_PIPES = 16
+
+
+def splice_fds(
+    src: asyncio.Transport | None, dst: asyncio.Transport | None
+) -> tuple[int, int] | None:
+    """The two transports' socket fds if splice(2) may take over between them now: both have a
+    socket, and no bytes wait in the destination's write buffer (splice would overtake them)."""
+    if src is None or dst is None or dst.get_write_buffer_size():
+        return None
+    src_sock = src.get_extra_info("socket")
+    dst_sock = dst.get_extra_info("socket")
+    if src_sock is None or dst_sock is None:
+        return None
+    return src_sock.fileno(), dst_sock.fileno()
 
 
 def _get_pipe() -> tuple[int, int, int]:

@@ -19,6 +19,7 @@ import httptools
 from udsproxy import http1
 from udsproxy.downstream import BLOCK_BODY_BUFFER, BLOCK_SPLICE, BLOCK_UPSTREAM_WRITE
 from udsproxy.flags import ResponseFlag
+from udsproxy.splice import splice_fds
 from udsproxy.streaminfo import Peer, StreamInfo
 from udsproxy.tunnel import SplicedTunnel
 
@@ -527,22 +528,17 @@ class Stream(StreamInfo):
         up, conn = self.upstream, self.conn
         if self.done or up is None or up.transport is None or conn.transport is None:
             return
-        if (
-            conn.out
-            or conn.transport.get_write_buffer_size()
-            or up.transport.get_write_buffer_size()
-        ):
-            return  # bytes in flight in Python: this tunnel stays on the transport relay
-        dsock = conn.transport.get_extra_info("socket")
-        usock = up.transport.get_extra_info("socket")
-        if dsock is None or usock is None:
+        # both sides are destinations: nothing may wait on either (else stay on the relay)
+        if conn.out or conn.transport.get_write_buffer_size():
+            return
+        fds = splice_fds(conn.transport, up.transport)
+        if fds is None:
             return
         conn.block_reading(BLOCK_SPLICE, True)
         up.transport.pause_reading()
         self.tunnel_splice = SplicedTunnel(
             self.ctx.loop,
-            dsock.fileno(),
-            usock.fileno(),
+            *fds,
             self.on_upload_spliced,
             self.on_spliced,
             self._tunnel_closed,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from udsproxy.config import schema
-from udsproxy.splice import Splicer
+from udsproxy.splice import Splicer, splice_fds
 from udsproxy.stats.store import ClusterStats
 
 if TYPE_CHECKING:
@@ -135,18 +135,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _start_splice(self, stream: Stream) -> None:
         """Hand the rest of a large Content-Length body to splice(2)."""
-        down = stream.conn.transport
-        if down is None or self.transport is None or down.get_write_buffer_size():
-            return  # bytes still queued downstream would be overtaken: stay on the copy path
-        dsock = down.get_extra_info("socket")
-        usock = self.transport.get_extra_info("socket")
-        if dsock is None or usock is None:
-            return
+        fds = splice_fds(self.transport, stream.conn.transport)
+        if fds is None or self.transport is None:
+            return  # e.g. bytes still queued downstream: stay on the copy path
         self.transport.pause_reading()
         self.splicer = Splicer(
             stream.ctx.loop,
-            usock.fileno(),
-            dsock.fileno(),
+            *fds,
             self.body_remaining,
             stream.on_spliced,
             self._splice_done,
