@@ -68,12 +68,40 @@ def _where(filename: str, mark: yaml.Mark | None) -> str:
     return f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
 
 
+def _separating_tab(text: str, mark: yaml.Mark | None) -> int:
+    """The offset of the tab at ``mark`` if YAML counts it as white space (after a line's
+    first token, e.g. at its end), else -1. PyYAML refuses such tabs; YAML (and Envoy's parser)
+    does not. A tab in indentation stays an error: YAML forbids it there."""
+    if mark is None or not 0 <= mark.index < len(text) or text[mark.index] != "\t":
+        return -1
+    line_start = text.rfind("\n", 0, mark.index) + 1
+    return mark.index if text[line_start : mark.index].strip() else -1
+
+
 def parse_yaml(text: str, filename: str = "<string>") -> Any:
     """Parse YAML text into plain dicts/lists/scalars; syntax errors raise ConfigError."""
+    for _ in range(text.count("\t") + 1):
+        try:
+            return _parse_yaml(text, filename)
+        except _TabError as exc:
+            # Read the tab as the space it stands for; the line and column stay the same.
+            text = text[: exc.index] + " " + text[exc.index + 1 :]
+    return _parse_yaml(text, filename)
+
+
+class _TabError(Exception):
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+def _parse_yaml(text: str, filename: str) -> Any:
     loader = _Loader(text)
     try:
         data = loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
+        tab = _separating_tab(text, exc.problem_mark)
+        if tab >= 0:
+            raise _TabError(tab) from None
         problem = exc.problem or "invalid YAML"
         context = f" ({exc.context})" if exc.context else ""
         where = _where(filename, exc.problem_mark or exc.context_mark)

@@ -381,8 +381,13 @@ class _Walker:
 
     def enum(self, raw: object, cls: Any, path: str) -> Any:
         values = _enum_values(cls)
-        if isinstance(raw, str) and raw in values:
-            return raw
+        if isinstance(raw, str):
+            if raw in values:
+                return raw
+            # Envoy parses YAML with protobuf's case_insensitive_enum_parsing (upper-cased, then
+            # looked up), so 'strict_dns' and 'round_robin' load there: they load here too.
+            if raw.upper() in values:
+                return raw.upper()
         if isinstance(raw, int) and not isinstance(raw, bool):
             for name, number in values.items():
                 if number == raw:
