@@ -269,7 +269,21 @@ async def _config_dump(admin: AdminServer, q: dict[str, str]) -> tuple[int, str,
     bootstrap = admin.server.bootstrap
     dump = dataclasses.asdict(bootstrap)
     dump.pop("static", None)
+    _redact(dump)
     return _json({"configs": [{"@type": "udsproxy.Bootstrap", **dump}]})
+
+
+def _redact(node: object) -> None:
+    """Envoy's config_dump rule: a private key given inline shows as "[redacted]"."""
+    if isinstance(node, dict):
+        key = node.get("private_key")
+        if isinstance(key, dict) and key.get("kind") in ("inline_string", "inline_bytes"):
+            key["value"] = "[redacted]"
+        for value in node.values():
+            _redact(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            _redact(value)
 
 
 @_endpoint("/listeners", "listener names and addresses (?format=json)")

@@ -34,6 +34,7 @@ __all__ = [
     "LocalReply",
     "date_header",
     "status_line",
+    "transport_failure",
 ]
 
 
@@ -136,6 +137,14 @@ def _reset(code: int, reason: str, flag: ResponseFlag, detail: str) -> LocalRepl
     return LocalReply(
         code, _RESET_PREFIX + reason, flag, f"upstream_reset_before_response_started{{{detail}}}"
     )
+
+
+def transport_failure(reason: str) -> LocalReply:
+    """A connect failure the transport explains (a TLS handshake): since envoyproxy/envoy#12321
+    the body ends with the reason, and the details carry it with spaces as '_'."""
+    body = f"connection failure, transport failure reason: {reason}"
+    detail = f"connection_failure,{reason}".replace(" ", "_")
+    return _reset(503, body, ResponseFlag.UF, detail)
 
 
 def _codec_error(code: int, details: str) -> LocalReply:

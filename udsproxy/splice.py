@@ -28,9 +28,12 @@ def splice_fds(
     src: asyncio.Transport | None, dst: asyncio.Transport | None
 ) -> tuple[int, int] | None:
     """The two transports' socket fds if splice(2) may take over between them now: both have a
-    socket, and no bytes wait in the destination's write buffer (splice would overtake them)."""
+    socket, neither is TLS (the kernel would move ciphertext as plaintext or the reverse), and no
+    bytes wait in the destination's write buffer (splice would overtake them)."""
     if src is None or dst is None or dst.get_write_buffer_size():
         return None
+    if src.get_extra_info("sslcontext") is not None or dst.get_extra_info("sslcontext") is not None:
+        return None  # an upstream TLS cluster (TLS listeners never enable splice at all)
     src_sock = src.get_extra_info("socket")
     dst_sock = dst.get_extra_info("socket")
     if src_sock is None or dst_sock is None:

@@ -22,6 +22,7 @@ from udsproxy.flags import ResponseFlag
 from udsproxy.splice import splice_fds
 from udsproxy.streaminfo import Peer, StreamInfo
 from udsproxy.tunnel import SplicedTunnel
+from udsproxy.upstream_tls import TlsConnectError
 
 if TYPE_CHECKING:
     from udsproxy.context import ListenerContext
@@ -375,7 +376,10 @@ class Stream(StreamInfo):
     def _on_connect_failed(self, exc: BaseException) -> None:
         if self.done:
             return
-        if isinstance(exc, OSError) and exc.errno is not None:
+        reply = http1.CONNECT_FAILURE
+        if isinstance(exc, TlsConnectError):
+            reason, reply = exc.reason, exc.reply  # the body names the TLS failure
+        elif isinstance(exc, OSError) and exc.errno is not None:
             reason = f"immediate connect error: {os.strerror(exc.errno)}"
         else:
             reason = "connection timeout"
@@ -387,7 +391,7 @@ class Stream(StreamInfo):
             cs.upstream_cx_connect_fail += 1
             if reason == "connection timeout":
                 cs.upstream_cx_connect_timeout += 1
-        self._local_reply(http1.CONNECT_FAILURE)
+        self._local_reply(reply)
 
     def _send(self, up: UpstreamConnection) -> None:
         self.upstream = up

@@ -10,17 +10,28 @@ from __future__ import annotations
 import logging
 import ssl
 
-from udsproxy.config import schema
+from udsproxy.config import datasource, schema
 
-__all__ = ["TlsContexts"]
+__all__ = ["TlsContexts", "load_cert_chain"]
 
 log = logging.getLogger("udsproxy.tls")
+
+
+def load_cert_chain(ctx: ssl.SSLContext, cert: schema.TlsCertificate) -> None:
+    """ctx.load_cert_chain from DataSources: files by their name (re-read on every call, so a
+    reload sees new files), inline and environment values through a memfd (config.datasource).
+    Raises ssl.SSLError, OSError or DataSourceError."""
+    with (
+        datasource.as_file(cert.certificate_chain) as chain,
+        datasource.as_file(cert.private_key) as key,
+    ):
+        ctx.load_cert_chain(chain, key)
 
 
 def _context(cert: schema.TlsCertificate, alpn: tuple[str, ...]) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # Envoy's default minimum for servers
-    ctx.load_cert_chain(cert.certificate_chain, cert.private_key)
+    load_cert_chain(ctx, cert)
     if alpn:
         ctx.set_alpn_protocols(list(alpn))
     return ctx
@@ -55,7 +66,7 @@ class TlsContexts:
                 else:
                     exact.setdefault(name, ctx)
         # Clients without SNI (or with an unknown name) get the default chain's certificate.
-        self.front.load_cert_chain(default_cert.certificate_chain, default_cert.private_key)
+        load_cert_chain(self.front, default_cert)
         if config.alpn_protocols:
             self.front.set_alpn_protocols(list(config.alpn_protocols))
         self._exact = exact
@@ -64,7 +75,11 @@ class TlsContexts:
         self.config = config
 
     def files(self) -> list[str]:
-        return [p for c in self.config.certificates for p in (c.certificate_chain, c.private_key)]
+        """The certificate files (inline and environment sources have none)."""
+        sources = [
+            s for c in self.config.certificates for s in (c.certificate_chain, c.private_key)
+        ]
+        return [s.value for s in sources if s.kind == "filename"]
 
     def _on_sni(self, sslobj: ssl.SSLObject, name: str | None, _front: ssl.SSLContext) -> None:
         ctx = self.lookup(name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
+import ssl
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
@@ -18,7 +19,8 @@ import httptools
 
 from udsproxy.config import schema
 from udsproxy.splice import Splicer, splice_fds
-from udsproxy.stats.store import ClusterStats
+from udsproxy.stats.store import ClusterStats, SslStats
+from udsproxy.upstream_tls import ClusterTls
 
 if TYPE_CHECKING:
     from udsproxy.stream import Stream
@@ -44,6 +46,8 @@ _DROP_RESPONSE = frozenset(
 _CONNECTION_KEYWORDS = frozenset({b"close", b"keep-alive", b"upgrade"})
 
 _MAX_RESPONSE_HEAD = 60 * 1024  # Envoy's max_response_headers_kb default
+
+_NO_TLS: dict[str, object] = {}  # create_connection's TLS arguments for a plain-text cluster
 
 
 class _Overrun(Exception):
@@ -431,25 +435,37 @@ class Host:
         """Open a new connection. UDS errors (ENOENT, ECONNREFUSED, EAGAIN) raise at once."""
         conn = UpstreamConnection(self)
         address = self.address
-        if isinstance(address, schema.Pipe):
-            # Connect ourselves: uvloop cannot connect to abstract names, and a non-blocking
-            # AF_UNIX connect either completes or fails immediately (EAGAIN = backlog full).
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.setblocking(False)
-                sock.connect(address.sockaddr)
-            except BaseException:
-                sock.close()
+        tls = self.cluster.tls
+        tls_kwargs = tls.kwargs if tls is not None else _NO_TLS
+        try:
+            if isinstance(address, schema.Pipe):
+                # Connect ourselves: uvloop cannot connect to abstract names, and a non-blocking
+                # AF_UNIX connect either completes or fails immediately (EAGAIN = backlog full).
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.setblocking(False)
+                    sock.connect(address.sockaddr)
+                except BaseException:
+                    sock.close()
+                    raise
+                await self.loop.create_unix_connection(lambda: conn, sock=sock, **tls_kwargs)
+            else:
+                await asyncio.wait_for(
+                    self.loop.create_connection(
+                        lambda: conn, address.address, address.port_value, **tls_kwargs
+                    ),
+                    self.cluster.connect_timeout or None,
+                )
+                sock_obj = conn.transport.get_extra_info("socket") if conn.transport else None
+                if sock_obj is not None:
+                    sock_obj.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except ssl.SSLError as exc:
+            if tls is None:
                 raise
-            await self.loop.create_unix_connection(lambda: conn, sock=sock)
-        else:
-            await asyncio.wait_for(
-                self.loop.create_connection(lambda: conn, address.address, address.port_value),
-                self.cluster.connect_timeout or None,
-            )
-            sock_obj = conn.transport.get_extra_info("socket") if conn.transport else None
-            if sock_obj is not None:
-                sock_obj.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            raise tls.failed(exc) from None  # 503 UF with Envoy's TLS failure reason
+        if tls is not None and not tls.verified(conn.transport):
+            conn.abort()
+            raise tls.san_failed()
         return conn
 
     def close_idle(self) -> None:
@@ -475,6 +491,7 @@ class Cluster:
         "max_requests_per_connection",
         "name",
         "stats",
+        "tls",
     )
 
     def __init__(
@@ -493,6 +510,11 @@ class Cluster:
         self.max_requests_per_connection = config.max_requests_per_connection
         self.buffer_limit = config.per_connection_buffer_limit_bytes
         self.hosts = tuple(Host(self, ep.address) for ep in config.endpoints)
+        self.tls: ClusterTls | None = None  # transport_socket: its SSLContext, built once
+        if config.tls is not None:
+            if self.stats.ssl is None:
+                self.stats.ssl = SslStats()
+            self.tls = ClusterTls(config.tls, self.stats.ssl, config.connect_timeout)
         self._rr = 0
 
     def pick(self) -> Host | None:

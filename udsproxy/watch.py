@@ -41,8 +41,9 @@ def watch_targets(bootstrap: schema.Bootstrap) -> tuple[set[str], set[str]]:
     for listener in bootstrap.listeners:
         if listener.tls is not None:
             for cert in listener.tls.certificates:
-                files.add(os.path.abspath(cert.certificate_chain))
-                files.add(os.path.abspath(cert.private_key))
+                for source in (cert.certificate_chain, cert.private_key):
+                    if source.kind == "filename":  # inline and environment values never change
+                        files.add(os.path.abspath(source.value))
     return dirs, files
 
 

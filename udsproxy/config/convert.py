@@ -15,12 +15,14 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 from udsproxy.accesslog.formatter import FormatError, compile_access_log
+from udsproxy.config.datasource import decode_base64
 from udsproxy.config.schema import (
     AccessLog,
     Address,
     Admin,
     Bootstrap,
     Cluster,
+    DataSource,
     DownstreamTls,
     DynamicResources,
     Endpoint,
@@ -32,9 +34,11 @@ from udsproxy.config.schema import (
     RouteAction,
     RouteConfiguration,
     RouteMatch,
+    SanMatcher,
     SocketAddress,
     TlsCertificate,
     UpgradeConfig,
+    UpstreamTls,
     VirtualHost,
 )
 from udsproxy.config.validate import entry, item, join
@@ -53,6 +57,12 @@ UPSTREAM_HTTP = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 DOWNSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 TLS_INSPECTOR = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
 TLS_INSPECTOR_NAME = "envoy.filters.listener.tls_inspector"
+UPSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+RAW_BUFFER = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+RAW_BUFFER_NAME = "envoy.transport_sockets.raw_buffer"
+DATA_SOURCE_KINDS = ("filename", "inline_bytes", "inline_string", "environment_variable")
+STRING_MATCHER_KINDS = ("exact", "prefix", "suffix", "contains", "safe_regex")
+SAN_TYPES = ("DNS", "URI", "IP_ADDRESS", "EMAIL")
 REFUSED = "not supported by udsproxy"
 _ALPN_PATH = "typed_config.common_tls_context.alpn_protocols"
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes including the NUL
@@ -405,35 +415,169 @@ class _Converter:
         return self.tls_certificates(common, common_path, server_names), tuple(alpn)
 
     def tls_certificates(
-        self, common: Node, path: str, server_names: tuple[str, ...]
+        self, common: Node, path: str, server_names: tuple[str, ...], *, required: bool = True
     ) -> TlsCertificate | None:
         certificates: list[Node] = common.get("tls_certificates", [])
         path = join(path, "tls_certificates")
         if not certificates:
-            self.error(path, "one certificate is required")
+            if required:
+                self.error(path, "one certificate is required")
             return None
         if len(certificates) > 1:
             self.refuse(item(path, 1), "more than one certificate per filter chain")
         path = item(path, 0)
         self.only(certificates[0], path, ("certificate_chain", "private_key"))
-        chain = self.filename(
+        chain = self.data_source(
             certificates[0].get("certificate_chain"), join(path, "certificate_chain")
         )
-        key = self.filename(certificates[0].get("private_key"), join(path, "private_key"))
+        key = self.data_source(certificates[0].get("private_key"), join(path, "private_key"))
         if chain is None or key is None:
             return None
         return TlsCertificate(certificate_chain=chain, private_key=key, server_names=server_names)
 
-    def filename(self, node: Node | None, path: str) -> str | None:
-        """A DataSource given by file name (read by load/dynamic, where I/O belongs)."""
+    def data_source(self, node: Node | None, path: str) -> DataSource | None:
+        """An Envoy DataSource, kept as written. Files and environment variables are read at
+        load time (``config.datasource.read``, called by dynamic.resolve and by whoever uses
+        the value); inline_bytes is checked to be base64 here."""
         if node is None:
             self.error(path, "is required")
             return None
-        for key in node:
-            if key != "filename":
-                self.refuse(join(path, key), note="only filename")
-        filename: str | None = node.get("filename")
-        return filename
+        self.only(node, path, DATA_SOURCE_KINDS)
+        kinds = [key for key in DATA_SOURCE_KINDS if key in node]
+        if len(kinds) > 1:
+            self.error(path, f"only one of {', '.join(kinds)} may be set")
+        if not kinds:
+            if not any(key not in DATA_SOURCE_KINDS for key in node):  # else refused above
+                self.error(path, f"one of {', '.join(DATA_SOURCE_KINDS)} is required")
+            return None
+        kind = kinds[0]
+        value: str = node[kind]
+        if kind == "inline_bytes" and decode_base64(value) is None:
+            self.error(join(path, kind), "is not valid base64")
+        elif kind in ("filename", "environment_variable") and not value:
+            self.error(join(path, kind), "must not be empty")
+        return DataSource(kind=kind, value=value)
+
+    def upstream_tls(self, node: Node, path: str) -> UpstreamTls | None:
+        """A cluster's transport_socket: raw_buffer (plain text, the default) or
+        envoy.transport_sockets.tls with an UpstreamTlsContext."""
+        self.only(node, path, ("name", "typed_config"))
+        config = node.get("typed_config", {})
+        kind = config.get("@type")
+        if kind == RAW_BUFFER or (kind is None and node.get("name") == RAW_BUFFER_NAME):
+            self.only(config, join(path, "typed_config"), ())
+            return None
+        if kind != UPSTREAM_TLS:
+            what = kind or node.get("name", "")
+            self.refuse(path, f"transport socket '{what}'", "only an UpstreamTlsContext")
+            return None
+        path = join(path, "typed_config")
+        # allow_renegotiation, enforce_rsa_key_usage, ... are refused by name.
+        self.only(config, path, ("sni", "common_tls_context", "max_session_keys"))
+        if config.get("max_session_keys", 0):
+            note = "udsproxy does not resume upstream TLS sessions; only 0"
+            self.refuse(join(path, "max_session_keys"), f"{config['max_session_keys']}", note)
+        common = config.get("common_tls_context", {})
+        common_path = join(path, "common_tls_context")
+        fields = ("tls_params", "tls_certificates", "validation_context", "alpn_protocols")
+        self.only(common, common_path, fields)
+        alpn: list[str] = common.get("alpn_protocols", [])
+        for i, protocol in enumerate(alpn):
+            if protocol != "http/1.1":
+                note = "udsproxy speaks HTTP/1.1 to upstreams; only http/1.1"
+                self.refuse(item(join(common_path, "alpn_protocols"), i), f"'{protocol}'", note)
+        kw: dict[str, Any] = self.tls_params(
+            common.get("tls_params", {}), join(common_path, "tls_params")
+        )
+        validation = common.get("validation_context")
+        if validation is not None:
+            kw.update(self.validation_context(validation, join(common_path, "validation_context")))
+        return UpstreamTls(
+            sni=config.get("sni", ""),
+            certificate=self.tls_certificates(common, common_path, (), required=False),
+            alpn_protocols=tuple(alpn),
+            **kw,
+        )
+
+    def tls_params(self, node: Node, path: str) -> dict[str, Any]:
+        """The protocol versions; cipher suites, curves and signature algorithms are BoringSSL
+        names that OpenSSL does not all share: refused."""
+        self.only(node, path, ("tls_minimum_protocol_version", "tls_maximum_protocol_version"))
+        out = {
+            key: node[key]
+            for key in ("tls_minimum_protocol_version", "tls_maximum_protocol_version")
+            if node.get(key, "TLS_AUTO") != "TLS_AUTO"
+        }
+        low = out.get("tls_minimum_protocol_version", "TLSv1_2")
+        high = out.get("tls_maximum_protocol_version", "TLSv1_2")
+        if "tls_minimum_protocol_version" in out and "tls_maximum_protocol_version" not in out:
+            high = out["tls_maximum_protocol_version"] = max(low, high)
+        elif "tls_maximum_protocol_version" in out and "tls_minimum_protocol_version" not in out:
+            low = out["tls_minimum_protocol_version"] = min(low, high)
+        if low > high:  # TLSv1_0 < TLSv1_1 < TLSv1_2 < TLSv1_3 as text too
+            message = f"{low} is above tls_maximum_protocol_version {high}"
+            self.error(join(path, "tls_minimum_protocol_version"), message)
+        return out
+
+    def validation_context(self, node: Node, path: str) -> dict[str, Any]:
+        fields = ("trusted_ca", "match_typed_subject_alt_names", "match_subject_alt_names")
+        self.only(node, path, fields)
+        matchers: list[SanMatcher] = []
+        typed_path = join(path, "match_typed_subject_alt_names")
+        for i, typed in enumerate(node.get("match_typed_subject_alt_names", [])):
+            typed_item = item(typed_path, i)
+            self.only(typed, typed_item, ("san_type", "matcher"))
+            san_type = typed.get("san_type")
+            if san_type not in SAN_TYPES:
+                what = f"san_type '{san_type}'" if san_type else "san_type"
+                note = f"one of {', '.join(SAN_TYPES)}"
+                if san_type is None:
+                    self.error(join(typed_item, "san_type"), f"is required ({note})")
+                else:
+                    self.refuse(join(typed_item, "san_type"), what, f"only {note}")
+                continue
+            matcher = self.san_matcher(
+                typed.get("matcher", {}), join(typed_item, "matcher"), san_type
+            )
+            if matcher is not None:
+                matchers.append(matcher)
+        legacy_path = join(path, "match_subject_alt_names")
+        if "match_subject_alt_names" in node:
+            self.deprecated(legacy_path, "match_typed_subject_alt_names")
+        for i, legacy in enumerate(node.get("match_subject_alt_names", [])):
+            # Envoy matches the untyped form against the SANs of every type.
+            matcher = self.san_matcher(legacy, item(legacy_path, i), "")
+            if matcher is not None:
+                matchers.append(matcher)
+        out: dict[str, Any] = {"san_matchers": tuple(matchers)}
+        if "trusted_ca" in node:
+            out["trusted_ca"] = self.data_source(node["trusted_ca"], join(path, "trusted_ca"))
+        elif matchers:
+            # Envoy's own refusal (DefaultCertValidator): a name proves nothing without a CA.
+            message = "SAN-based verification of peer certificates without trusted CA is "
+            self.error(path, message + "insecure and not allowed")
+        return out
+
+    def san_matcher(self, node: Node, path: str, san_type: str) -> SanMatcher | None:
+        """A StringMatcher (type.matcher.v3) on the SANs of ``san_type`` ("" for any)."""
+        self.only(node, path, (*STRING_MATCHER_KINDS, "ignore_case"))
+        kinds = [key for key in STRING_MATCHER_KINDS if key in node]
+        if len(kinds) != 1:
+            if not kinds:
+                self.error(path, f"one of {', '.join(STRING_MATCHER_KINDS)} is required")
+            return None
+        kind = kinds[0]
+        value = node[kind]
+        if kind == "safe_regex":
+            self.only(value, join(path, "safe_regex"), ("regex",))
+            value = value.get("regex", "")
+            try:
+                re.compile(value)
+            except re.error as exc:
+                self.error(join(path, "safe_regex.regex"), f"invalid regex '{value}': {exc}")
+                return None
+        ignore_case = node.get("ignore_case", False)
+        return SanMatcher(san_type=san_type, ignore_case=ignore_case, **{kind: value})
 
     def hcm(self, node: Node, path: str) -> HttpConnectionManager:
         self.only(
@@ -623,6 +767,7 @@ class _Converter:
         fields = (
             "name", "type", "lb_policy", "connect_timeout", "per_connection_buffer_limit_bytes",
             "load_assignment", "typed_extension_protocol_options", "max_requests_per_connection",
+            "transport_socket",
         )  # fmt: skip
         self.only(node, path, fields)
         self.check_value(node, "type", path, ("STATIC",))
@@ -644,6 +789,8 @@ class _Converter:
                     deprecated_path, "also set in typed_extension_protocol_options; set only one"
                 )
             kw["max_requests_per_connection"] = node["max_requests_per_connection"]
+        if "transport_socket" in node:
+            kw["tls"] = self.upstream_tls(node["transport_socket"], join(path, "transport_socket"))
         return Cluster(name=name, endpoints=endpoints, **kw)
 
     def load_assignment(self, node: Node | None, path: str, cluster: str) -> tuple[Endpoint, ...]:

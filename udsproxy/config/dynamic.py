@@ -16,7 +16,9 @@ connect_timeout``). The v2 form of the article (``envoy.api.v2.Cluster`` ...) is
 ``resolve`` merges the files into the bootstrap ``load_config`` returned and cross-checks the
 result: names and listener addresses stay unique, static clusters and listeners cannot be
 replaced from a file (Envoy's rule), every route names an existing cluster, and every
-certificate chain loads with its private key.
+certificate chain loads with its private key, and every CA a cluster's TLS trusts.
+DataSources (``config.datasource``) are read here: a missing file or an unset environment
+variable is an error at the field that names it.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ import os
 import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
+from udsproxy.config import datasource
 from udsproxy.config.convert import (
     REFUSED,
     certificate_paths,
@@ -39,6 +41,7 @@ from udsproxy.config.load import parse_file
 from udsproxy.config.schema import (
     Bootstrap,
     Cluster,
+    DataSource,
     DynamicResources,
     Listener,
     PathConfigSource,
@@ -48,7 +51,10 @@ from udsproxy.config.v2 import CLUSTER, LISTENER, upgrade_resource
 from udsproxy.config.validate import check, describe, item, join
 from udsproxy.errors import ConfigError
 
-__all__ = ["Resources", "load_resources", "resolve", "resources_from_tree", "tls_errors"]
+__all__ = [
+    "Resources", "cluster_tls_errors", "load_resources", "resolve", "resources_from_tree",
+    "tls_errors",
+]  # fmt: skip
 
 Kind = Literal["cds", "lds"]
 
@@ -220,6 +226,12 @@ def resolve(
                 errors.append((ref_path, f"unknown cluster '{name}'"))
     for path, listener in listeners:
         errors += tls_errors(listener, path)
+    clusters = [
+        (item("static_resources.clusters", i), cluster)
+        for i, cluster in enumerate(bootstrap.clusters)
+    ] + [(_at(cds_file, item("resources", i)), x) for i, x in enumerate(cds.clusters)]
+    for path, cluster in clusters:
+        errors += cluster_tls_errors(cluster, path)
     if errors:
         raise ConfigError(errors)
     return dataclasses.replace(
@@ -248,42 +260,80 @@ def tls_errors(listener: Listener, path: str = "") -> list[tuple[str, str]]:
     return errors
 
 
+def cluster_tls_errors(cluster: Cluster, path: str = "") -> list[tuple[str, str]]:
+    """Check a cluster's UpstreamTlsContext: its trusted_ca and its client certificate load."""
+    tls = cluster.tls
+    if tls is None:
+        return []
+    common_path = join(path, "transport_socket.typed_config.common_tls_context")
+    errors: list[tuple[str, str]] = []
+    if tls.certificate is not None:
+        certificate_path = item(join(common_path, "tls_certificates"), 0)
+        errors += _certificate_errors(tls.certificate, certificate_path)
+    if tls.trusted_ca is not None:
+        ca_path = join(common_path, "validation_context.trusted_ca")
+        errors += _ca_errors(tls.trusted_ca, join(ca_path, tls.trusted_ca.kind))
+    return errors
+
+
 def _no_password() -> bytes:
     # Without a callback, OpenSSL would prompt on the terminal for an encrypted key's password.
     raise ValueError("encrypted")
 
 
+def _read_pem(
+    source: DataSource, path: str, marker: bytes, what: str, errors: list[tuple[str, str]]
+) -> bytes | None:
+    try:
+        data = datasource.read(source)
+    except datasource.DataSourceError as exc:
+        errors.append((path, str(exc)))
+        return None
+    if marker not in data:
+        errors.append((path, f"{source} does not hold {what}"))
+        return None
+    return data
+
+
+def _ca_errors(source: DataSource, path: str) -> list[tuple[str, str]]:
+    errors: list[tuple[str, str]] = []
+    data = _read_pem(source, path, b"-----BEGIN CERTIFICATE-----", "a PEM certificate", errors)
+    if data is None:
+        return errors
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        with datasource.as_file(source, data) as name:
+            context.load_verify_locations(cafile=name)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        return [(path, f"{source} does not load as CA certificates: {reason}")]
+    return []
+
+
 def _certificate_errors(certificate: TlsCertificate, path: str) -> list[tuple[str, str]]:
     chain, key = certificate.certificate_chain, certificate.private_key
-    chain_path, key_path = (
-        join(path, "certificate_chain.filename"),
-        join(path, "private_key.filename"),
-    )
+    chain_path = join(path, f"certificate_chain.{chain.kind}")
+    key_path = join(path, f"private_key.{key.kind}")
     errors: list[tuple[str, str]] = []
-    contents: dict[str, bytes] = {}
-    for filename, file_path, marker, what in (
-        (chain, chain_path, b"-----BEGIN CERTIFICATE-----", "a PEM certificate"),
-        (key, key_path, b"PRIVATE KEY-----", "a PEM private key"),
-    ):
-        try:
-            contents[filename] = Path(filename).read_bytes()
-        except OSError as exc:
-            errors.append((file_path, f"cannot read '{filename}': {exc.strerror or exc}"))
-            continue
-        if marker not in contents[filename]:
-            errors.append((file_path, f"'{filename}' does not hold {what}"))
-        elif b"ENCRYPTED" in contents[filename] and filename == key:
-            message = f"'{filename}' is encrypted: encrypted private keys {REFUSED}"
-            errors.append((file_path, message))
-    if errors:
+    chain_data = _read_pem(
+        chain, chain_path, b"-----BEGIN CERTIFICATE-----", "a PEM certificate", errors
+    )
+    key_data = _read_pem(key, key_path, b"PRIVATE KEY-----", "a PEM private key", errors)
+    if key_data is not None and b"ENCRYPTED" in key_data:
+        errors.append((key_path, f"{key} is encrypted: encrypted private keys {REFUSED}"))
+    if errors or chain_data is None or key_data is None:
         return errors
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        context.load_cert_chain(chain, key, password=_no_password)
+        with (
+            datasource.as_file(chain, chain_data) as chain_name,
+            datasource.as_file(key, key_data) as key_name,
+        ):
+            context.load_cert_chain(chain_name, key_name, password=_no_password)
     except ssl.SSLError as exc:
         if exc.reason == "KEY_VALUES_MISMATCH":
-            return [(key_path, f"'{key}' is not the private key of '{chain}'")]
-        return [(path, f"'{chain}' and '{key}' do not load: {exc.reason or exc}")]
+            return [(key_path, f"{key} is not the private key of {chain}")]
+        return [(path, f"{chain} and {key} do not load: {exc.reason or exc}")]
     except (OSError, ValueError) as exc:
-        return [(path, f"'{chain}' and '{key}' do not load: {exc}")]
+        return [(path, f"{chain} and {key} do not load: {exc}")]
     return []

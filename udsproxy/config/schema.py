@@ -17,6 +17,7 @@ __all__ = [
     "Admin",
     "Bootstrap",
     "Cluster",
+    "DataSource",
     "DownstreamTls",
     "DynamicResources",
     "Endpoint",
@@ -28,9 +29,11 @@ __all__ = [
     "RouteAction",
     "RouteConfiguration",
     "RouteMatch",
+    "SanMatcher",
     "SocketAddress",
     "TlsCertificate",
     "UpgradeConfig",
+    "UpstreamTls",
     "VirtualHost",
 ]
 
@@ -147,11 +150,29 @@ class HttpConnectionManager:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TlsCertificate:
-    """One filter chain's certificate (files are read when the listener starts or reloads)."""
+class DataSource:
+    """envoy.config.core.v3.DataSource, as written: ``kind`` is the field that was set and
+    ``value`` its text (a path, the inline text, the base64 of inline_bytes, or a variable's
+    name). Files and environment variables are read where the value is used (config load,
+    listener start, reload: ``config.datasource.read``), never by convert."""
 
-    certificate_chain: str  # path of the PEM chain
-    private_key: str  # path of the PEM key
+    kind: str  # "filename" | "inline_string" | "inline_bytes" | "environment_variable"
+    value: str = field(repr=False)  # may be a private key: kept out of reprs and logs
+
+    def __str__(self) -> str:
+        if self.kind == "filename":
+            return f"'{self.value}'"
+        if self.kind == "environment_variable":
+            return f"environment variable '{self.value}'"
+        return f"the {self.kind}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsCertificate:
+    """One filter chain's certificate (read when the listener starts or reloads)."""
+
+    certificate_chain: DataSource  # PEM chain
+    private_key: DataSource  # PEM key
     # filter_chain_match.server_names of its chain; () marks the default chain (no SNI match)
     server_names: tuple[str, ...] = ()
 
@@ -193,6 +214,36 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SanMatcher:
+    """One entry of match_typed_subject_alt_names: a StringMatcher on SANs of one type.
+    Exactly one of exact / prefix / suffix / contains / safe_regex is set."""
+
+    san_type: str  # DNS | URI | IP_ADDRESS | EMAIL
+    exact: str | None = None
+    prefix: str | None = None
+    suffix: str | None = None
+    contains: str | None = None
+    safe_regex: str | None = None
+    ignore_case: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamTls:
+    """A cluster's transport_socket envoy.transport_sockets.tls with an UpstreamTlsContext.
+
+    Without ``trusted_ca`` the upstream certificate is not verified (Envoy's behaviour)."""
+
+    sni: str = ""  # "" sends no SNI
+    trusted_ca: DataSource | None = None
+    san_matchers: tuple[SanMatcher, ...] = ()  # any one matching accepts the certificate
+    certificate: TlsCertificate | None = None  # client certificate (tls_certificates[0])
+    alpn_protocols: tuple[str, ...] = ()
+    # tls_params; Envoy's client defaults: TLS 1.2 only
+    tls_minimum_protocol_version: str = "TLSv1_2"
+    tls_maximum_protocol_version: str = "TLSv1_2"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Cluster:
     name: str
     endpoints: tuple[Endpoint, ...]
@@ -201,6 +252,7 @@ class Cluster:
     # typed_extension_protocol_options[...HttpProtocolOptions]
     idle_timeout: float = DEFAULT_UPSTREAM_IDLE_TIMEOUT  # 0 disables
     max_requests_per_connection: int = 0  # 0 = unlimited
+    tls: UpstreamTls | None = None  # transport_socket
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

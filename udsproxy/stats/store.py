@@ -12,7 +12,7 @@ from typing import Any
 from udsproxy.stats import DEFAULT_BUCKETS
 
 __all__ = [
-    "BOUNDS", "ClusterStats", "HostKey", "HttpStats", "ListenerStats", "Raw",
+    "BOUNDS", "ClusterStats", "HostKey", "HttpStats", "ListenerStats", "Raw", "SslStats",
     "StatsStore", "Tally",
 ]  # fmt: skip
 
@@ -217,11 +217,12 @@ class ClusterStats:
         "uds_fs_total_bytes",
     )
     COUNTERS = _counters(__annotations__, GAUGES)
-    __slots__ = (*COUNTERS, *GAUGES)
+    __slots__ = (*COUNTERS, *GAUGES, "ssl")
 
     def __init__(self) -> None:
         for name in self.COUNTERS + self.GAUGES:
             setattr(self, name, 0)
+        self.ssl: SslStats | None = None  # cluster.<name>.ssl.*, once the cluster has TLS
 
     def dump(
         self,
@@ -232,6 +233,8 @@ class ClusterStats:
         tally: Tally,
     ) -> None:
         _dump(self, prefix, counters, gauges)
+        if self.ssl is not None:
+            _dump(self.ssl, prefix + "ssl.", counters, gauges)
         classes = [0] * 6
         for code, n in tally.codes.items():
             counters[f"{prefix}upstream_rq_{code}"] = n
@@ -245,6 +248,23 @@ class ClusterStats:
         hists[prefix + "upstream_rq_time"] = tally.hist()
 
     def reset(self) -> None:
+        _reset(self)
+        if self.ssl is not None:
+            _reset(self.ssl)
+
+
+class SslStats:
+    """cluster.<name>.ssl.*: the upstream TLS handshakes of a cluster (Envoy's names)."""
+
+    handshake: int
+    connection_error: int
+    fail_verify_error: int
+    fail_verify_san: int
+    GAUGES = ()
+    COUNTERS = _counters(__annotations__, GAUGES)
+    __slots__ = COUNTERS
+
+    def __init__(self) -> None:
         _reset(self)
 
 

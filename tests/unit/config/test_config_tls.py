@@ -14,7 +14,7 @@ from conftest import Certs
 from udsproxy.config.convert import REFUSED
 from udsproxy.config.dynamic import resolve, tls_errors
 from udsproxy.config.load import load_and_resolve, load_tree
-from udsproxy.config.schema import DownstreamTls, TlsCertificate
+from udsproxy.config.schema import DataSource, DownstreamTls, TlsCertificate
 from udsproxy.errors import ConfigError
 
 URL = "type.googleapis.com/"
@@ -85,6 +85,10 @@ def bootstrap(*chains: dict[str, Any], **listener: Any) -> dict[str, Any]:
     }
 
 
+def file(path: str) -> DataSource:
+    return DataSource(kind="filename", value=path)
+
+
 def tls_of(tree: dict[str, Any]) -> DownstreamTls | None:
     return load_tree(tree).listeners[0].tls
 
@@ -102,7 +106,9 @@ def test_one_tls_chain() -> None:
     tls = tls_of(bootstrap(chain(context=tls_context(alpn_protocols=["http/1.1"]))))
     assert tls == DownstreamTls(
         certificates=(
-            TlsCertificate(certificate_chain="/certs/a.crt", private_key="/certs/a.key"),
+            TlsCertificate(
+                certificate_chain=file("/certs/a.crt"), private_key=file("/certs/a.key")
+            ),
         ),
         alpn_protocols=("http/1.1",),
     )
@@ -140,14 +146,18 @@ def test_sni_chains() -> None:
     assert listener.tls == DownstreamTls(
         certificates=(
             TlsCertificate(
-                certificate_chain="/a.crt",
-                private_key="/a.key",
+                certificate_chain=file("/a.crt"),
+                private_key=file("/a.key"),
                 server_names=("a.example", "*.a.example"),
             ),
             TlsCertificate(
-                certificate_chain="/b.crt", private_key="/b.key", server_names=("b.example",)
+                certificate_chain=file("/b.crt"),
+                private_key=file("/b.key"),
+                server_names=("b.example",),
             ),
-            TlsCertificate(certificate_chain="/default.crt", private_key="/default.key"),
+            TlsCertificate(
+                certificate_chain=file("/default.crt"), private_key=file("/default.key")
+            ),
         ),
         alpn_protocols=(),
     )
@@ -299,17 +309,10 @@ def with_context(change: Any) -> dict[str, Any]:
         ),
         (
             lambda c: c["common_tls_context"]["tls_certificates"][0].update(
-                certificate_chain={"inline_string": "-----BEGIN CERTIFICATE-----"}
-            ),
-            f"{CERT0}.certificate_chain.inline_string",
-            f"{REFUSED} (only filename)",
-        ),
-        (
-            lambda c: c["common_tls_context"]["tls_certificates"][0].update(
-                private_key={"inline_bytes": "AAAA"}
+                private_key={"inline_bytes": "not base64!"}
             ),
             f"{CERT0}.private_key.inline_bytes",
-            f"{REFUSED} (only filename)",
+            "is not valid base64",
         ),
         (
             lambda c: c["common_tls_context"]["tls_certificates"][0].update(
@@ -417,7 +420,7 @@ def test_certificates_load(certs: Certs) -> None:
     bootstrap_ = load_and_resolve(tree)
     tls = bootstrap_.listeners[0].tls
     assert tls is not None
-    assert [c.certificate_chain for c in tls.certificates] == [certs.cert2, certs.cert]
+    assert [c.certificate_chain.value for c in tls.certificates] == [certs.cert2, certs.cert]
 
 
 def test_missing_certificate_files(certs: Certs, tmp_path: Path) -> None:
