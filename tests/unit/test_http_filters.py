@@ -1,0 +1,691 @@
+"""The HTTP filters' decision logic, without sockets: a request is a small stand-in object with
+the attributes the filters read."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from udsproxy.filters import compressor, cors, csrf, fault, rbac
+from udsproxy.filters.base import FilterState, Fraction, Hold, LocalAnswer, parse_fraction
+from udsproxy.filters.codecs import (
+    BrotliCompressor,
+    BrotliConfig,
+    GzipCompressor,
+    GzipConfig,
+    GzipDecompressor,
+    GzipDecompressorConfig,
+)
+from udsproxy.filters.matchers import (
+    HeaderMatcher,
+    StringMatcher,
+    parse_header_match,
+    parse_string_match,
+)
+from udsproxy.flags import ResponseFlag
+from udsproxy.streaminfo import Peer
+
+
+class Conv:
+    """The converter's reporting interface, collecting what it says."""
+
+    def __init__(self) -> None:
+        self.errors: list[tuple[str, str]] = []
+
+    def error(self, path: str, message: str) -> None:
+        self.errors.append((path, message))
+
+    def refuse(self, path: str, what: str = "", note: str = "") -> None:
+        self.errors.append((path, f"{what} not supported by udsproxy ({note})"))
+
+    def only(self, node: Any, path: str, allowed: Any) -> None:
+        for key in node:
+            if key not in allowed and key != "@type":
+                self.refuse(f"{path}.{key}")
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.counters: dict[str, int] = {}
+        self.gauges: dict[str, int] = {}
+
+    def counter_set(self, *names: str) -> dict[str, int]:
+        for n in names:
+            self.counters.setdefault(n, 0)
+        return self.counters
+
+    def gauge_set(self, *names: str) -> dict[str, int]:
+        for n in names:
+            self.gauges.setdefault(n, 0)
+        return self.gauges
+
+
+class Runtime:
+    def __init__(self, **values: int) -> None:
+        self.values = {k.replace("__", "."): v for k, v in values.items()}
+
+    def integer(self, key: str, default: int) -> int:
+        return self.values.get(key, default)
+
+
+def request(
+    method: bytes = b"GET",
+    path: bytes = b"/",
+    authority: bytes = b"example.com",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    peer: str = "10.1.2.3",
+) -> Any:
+    return SimpleNamespace(
+        method=method,
+        path=path,
+        authority=authority,
+        headers=headers or [],
+        ctx=SimpleNamespace(scheme=b"http"),
+        downstream_remote=Peer(peer, 1234),
+        downstream_direct_remote=Peer(peer, 1234),
+        downstream_local=Peer("127.0.0.1", 10000),
+        response_flags=0,
+        resp_coder=None,
+        is_head=False,
+        upgrade=None,
+        upstream=SimpleNamespace(resp_chunked=False),
+    )
+
+
+def route(filter_configs: dict[str, Any], cluster: str = "c") -> Any:
+    return SimpleNamespace(filter_configs=filter_configs, cluster=cluster)
+
+
+def state() -> FilterState:
+    return FilterState(None, None)  # type: ignore[arg-type]
+
+
+# --- matchers ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("node", "value", "expected"),
+    [
+        ({"exact": "abc"}, b"abc", True),
+        ({"exact": "abc"}, b"ABC", False),
+        ({"exact": "abc", "ignore_case": True}, b"ABC", True),
+        ({"prefix": "/a"}, b"/ab", True),
+        ({"suffix": ".io"}, b"x.io", True),
+        ({"contains": "mid"}, b"amidb", True),
+        ({"safe_regex": {"regex": "a+b"}}, b"aab", True),
+        ({"safe_regex": {"regex": "a+b"}}, b"aabc", False),  # a full match, as RE2's
+    ],
+)
+def test_string_matcher(node: dict[str, Any], value: bytes, expected: bool) -> None:
+    m = parse_string_match(Conv(), node, "m")
+    assert m is not None
+    assert StringMatcher(m).match(value) is expected
+
+
+def test_string_matcher_refuses_custom_and_bad_regex() -> None:
+    conv = Conv()
+    assert parse_string_match(conv, {"safe_regex": {"regex": "("}}, "m") is None
+    parse_string_match(conv, {"custom": {}}, "m")
+    assert [p for p, _ in conv.errors] == ["m.safe_regex.regex", "m.custom"]
+
+
+def test_header_matcher() -> None:
+    s = request(headers=[(b"x-a", b"1"), (b"x-a", b"2")], path=b"/p?q")
+
+    def match(node: dict[str, Any]) -> bool:
+        m = parse_header_match(Conv(), node, "h")
+        assert m is not None
+        return HeaderMatcher(m).match(s)
+
+    assert match({"name": "x-a", "string_match": {"exact": "1,2"}})  # repeated: joined
+    assert match({"name": "x-a", "present_match": True})
+    assert match({"name": "x-b", "present_match": False})
+    assert not match({"name": "x-b", "string_match": {"exact": ""}})
+    assert match(
+        {"name": "x-b", "string_match": {"exact": ""}, "treat_missing_header_as_empty": True}
+    )
+    assert match({"name": ":path", "prefix_match": "/p"})
+    assert match({"name": ":method", "exact_match": "GET"})
+    assert match({"name": "x-a", "string_match": {"exact": "9"}, "invert_match": True})
+    assert not match({"name": "x-a", "range_match": {"start": 0, "end": 5}})  # "1,2" not an int
+
+
+def test_fraction() -> None:
+    f = parse_fraction(
+        Conv(), {"default_value": {"numerator": 0}, "runtime_key": "k"}, "f", 100, runtime=True
+    )
+    assert f == Fraction(numerator=0, runtime_key="k")
+    assert not f.sample(Runtime())
+    assert f.sample(Runtime(k=100))
+    assert parse_fraction(Conv(), None, "f", 100).sample(Runtime())
+    million = parse_fraction(Conv(), {"numerator": 5, "denominator": "MILLION"}, "f", 0)
+    assert million.denominator == 1_000_000
+
+
+# --- cors ------------------------------------------------------------------------------------
+
+
+def cors_filter(*policies: dict[str, Any]) -> tuple[cors.CorsFilter, Any, Stats]:
+    stats = Stats()
+    f = cors.CorsFilter("envoy.filters.http.cors", Runtime(), stats)  # type: ignore[arg-type]
+    parsed = tuple(cors.parse_policy(Conv(), p, "p") for p in policies)
+    return f, route({f.name: f.compile_route(parsed)}), stats
+
+
+def test_cors_preflight_and_response_headers() -> None:
+    f, r, stats = cors_filter(
+        {
+            "allow_origin_string_match": [{"prefix": "https://"}],
+            "allow_methods": "GET",
+            "allow_credentials": True,
+            "max_age": "60",
+            "expose_headers": "x-e",
+        }
+    )
+    pre = request(
+        b"OPTIONS", headers=[(b"origin", b"https://a"), (b"access-control-request-method", b"GET")]
+    )
+    out = f.decode_headers(pre, r, state())
+    assert isinstance(out, LocalAnswer)
+    assert out.reply.code == 200 and out.reply.details == "cors_response"
+    assert dict(out.headers) == {
+        b"access-control-allow-origin": b"https://a",
+        b"access-control-allow-credentials": b"true",
+        b"access-control-allow-methods": b"GET",
+        b"access-control-max-age": b"60",
+    }
+    st = state()
+    assert f.decode_headers(request(headers=[(b"origin", b"https://a")]), r, st) is None
+    headers: list[tuple[bytes, bytes]] = []
+    assert st.encode_headers(request(), 200, headers, 10) == 10
+    assert dict(headers) == {
+        b"access-control-allow-origin": b"https://a",
+        b"access-control-allow-credentials": b"true",
+        b"access-control-expose-headers": b"x-e",
+    }
+    st = state()
+    assert f.decode_headers(request(headers=[(b"origin", b"http://a")]), r, st) is None
+    assert not st.encoders
+    assert stats.counters == {"origin_valid": 2, "origin_invalid": 1}
+
+
+def test_cors_star_matcher_allows_any_origin_and_route_level_wins() -> None:
+    # Envoy: a matcher that matches "*" allows every origin (regex \* in the envoy examples)
+    f, r, _ = cors_filter(
+        {"filter_enabled": {"default_value": {"numerator": 0}}},
+        {"allow_origin_string_match": [{"safe_regex": {"regex": "\\*"}}]},
+    )
+    assert f.decode_headers(request(headers=[(b"origin", b"https://x")]), r, st := state()) is None
+    assert not st.encoders  # disabled by the route's filter_enabled 0%
+    f, r, _ = cors_filter({}, {"allow_origin_string_match": [{"safe_regex": {"regex": "\\*"}}]})
+    f.decode_headers(request(headers=[(b"origin", b"https://x")]), r, st := state())
+    assert st.encoders
+
+
+def test_cors_shadow_counts_only() -> None:
+    f, r, stats = cors_filter(
+        {
+            "allow_origin_string_match": [{"exact": "https://a"}],
+            "filter_enabled": {"default_value": {"numerator": 0}},
+            "shadow_enabled": {"default_value": {"numerator": 100}},
+        }
+    )
+    pre = request(
+        b"OPTIONS", headers=[(b"origin", b"https://a"), (b"access-control-request-method", b"GET")]
+    )
+    assert f.decode_headers(pre, r, state()) is None
+    assert stats.counters["origin_valid"] == 1
+
+
+# --- fault -----------------------------------------------------------------------------------
+
+
+def fault_filter(config: dict[str, Any], runtime: Runtime | None = None) -> tuple[Any, Stats]:
+    conv = Conv()
+    parsed = fault.parse_fault(conv, config, "f")
+    assert not conv.errors, conv.errors
+    stats = Stats()
+    return fault.FaultFilter("fault", parsed, runtime or Runtime(), stats), stats  # type: ignore[arg-type]
+
+
+def test_fault_abort_and_delay() -> None:
+    f, stats = fault_filter({"abort": {"http_status": 503, "percentage": {"numerator": 100}}})
+    s = request()
+    out = f.decode_headers(s, None, st := state())
+    assert isinstance(out, LocalAnswer)
+    assert (out.reply.code, out.reply.flag, out.reply.details) == (
+        503,
+        ResponseFlag.FI,
+        "fault_filter_abort",
+    )
+    assert out.reply.body == b"fault filter abort"
+    assert stats.counters["aborts_injected"] == 1 and stats.gauges["active_faults"] == 1
+    st.close()
+    assert stats.gauges["active_faults"] == 0
+    f, stats = fault_filter(
+        {
+            "delay": {"fixed_delay": 1.5, "percentage": {"numerator": 100}},
+            "abort": {"http_status": 500, "percentage": {"numerator": 100}},
+        }
+    )
+    s = request()
+    out = f.decode_headers(s, None, st := state())
+    assert isinstance(out, Hold) and out.seconds == 1.5
+    assert s.response_flags == ResponseFlag.DI
+    after = f.resume(s, st)
+    assert isinstance(after, LocalAnswer) and after.reply.code == 500
+    assert stats.counters["delays_injected"] == 1
+
+
+def test_fault_percentages_runtime_and_headers() -> None:
+    config = {"abort": {"http_status": 503, "percentage": {"numerator": 0}}}
+    f, _ = fault_filter(config)
+    assert f.decode_headers(request(), None, state()) is None
+    f, _ = fault_filter(
+        config, Runtime(fault__http__abort__abort_percent=100, fault__http__abort__http_status=429)
+    )
+    out = f.decode_headers(request(), None, state())
+    assert isinstance(out, LocalAnswer) and out.reply.code == 429
+    f, _ = fault_filter({"abort": {"header_abort": {}, "percentage": {"numerator": 100}}})
+    assert f.decode_headers(request(), None, state()) is None  # no header: no fault
+    bad = request(headers=[(b"x-envoy-fault-abort-request", b"700")])
+    assert f.decode_headers(bad, None, state()) is None  # outside [200, 600)
+    capped = request(
+        headers=[
+            (b"x-envoy-fault-abort-request", b"404"),
+            (b"x-envoy-fault-abort-request-percentage", b"0"),
+        ]
+    )
+    assert f.decode_headers(capped, None, state()) is None
+    ok = request(headers=[(b"x-envoy-fault-abort-request", b"404")])
+    out = f.decode_headers(ok, None, state())
+    assert isinstance(out, LocalAnswer) and out.reply.code == 404
+
+
+def test_fault_limits() -> None:
+    f, stats = fault_filter(
+        {"abort": {"http_status": 503, "percentage": {"numerator": 100}}, "max_active_faults": 1}
+    )
+    held = state()
+    assert f.decode_headers(request(), None, held) is not None
+    assert f.decode_headers(request(), None, state()) is None
+    assert stats.counters["faults_overflow"] == 1
+    held.close()
+    assert f.decode_headers(request(), None, state()) is not None
+    f, _ = fault_filter(
+        {
+            "abort": {"http_status": 503, "percentage": {"numerator": 100}},
+            "upstream_cluster": "a",
+            "headers": [{"name": "x-fault", "present_match": True}],
+        }
+    )
+    hit = request(headers=[(b"x-fault", b"1")])
+    assert f.decode_headers(hit, route({}, "a"), state()) is not None
+    assert f.decode_headers(hit, route({}, "b"), state()) is None
+    assert f.decode_headers(request(), route({}, "a"), state()) is None
+
+
+def test_fault_refuses_what_it_does_not_do() -> None:
+    conv = Conv()
+    fault.parse_fault(conv, {"abort": {"grpc_status": 5}, "response_rate_limit": {}}, "f")
+    paths = [p for p, _ in conv.errors]
+    assert "f.response_rate_limit" in paths and "f.abort.grpc_status" in paths
+
+
+# --- compressor -------------------------------------------------------------------------------
+
+
+ENCS = frozenset({"gzip"})
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        ("gzip", ("gzip", "header_compressor_used")),
+        ("deflate, gzip;q=0.5", ("gzip", "header_compressor_used")),
+        ("gzip;q=0,*;q=1", ("", "header_not_valid")),
+        ("*;q=0,gzip;q=1", ("gzip", "header_compressor_used")),
+        ("*", ("gzip", "header_wildcard")),
+        ("identity", ("", "header_identity")),
+        ("identity;q=1, gzip;q=0.5", ("", "header_identity")),
+        ("br", ("", "header_not_valid")),
+        ("gzip;q=x", ("", "header_not_valid")),
+    ],
+)
+def test_choose_encoding(accept: str, expected: tuple[str, str]) -> None:
+    assert compressor.choose_encoding(accept, ENCS) == expected
+
+
+def compressor_filter(**response: Any) -> tuple[compressor.CompressorFilter, Stats]:
+    node = {
+        "compressor_library": {
+            "name": "lib",
+            "typed_config": {"@type": compressor.GZIP_TYPE, "window_bits": 10},
+        },
+        "response_direction_config": response,
+    }
+    conv = Conv()
+    config = compressor.parse_compressor(conv, node, "c")
+    assert config is not None and not conv.errors, conv.errors
+    assert config.stat_prefix == "compressor.lib.gzip.response."
+    stats = Stats()
+    return compressor.CompressorFilter("c", config, Runtime(), stats), stats  # type: ignore[arg-type]
+
+
+def compress(
+    f: Any,
+    headers: list[tuple[bytes, bytes]],
+    length: int = 100,
+    accept: bytes | None = b"gzip",
+    code: int = 200,
+) -> tuple[Any, int]:
+    s = request(headers=[(b"accept-encoding", accept)] if accept else [])
+    st = state()
+    f.decode_headers(s, None, st)
+    return s, st.encode_headers(s, code, headers, length)
+
+
+def test_compressor_headers() -> None:
+    f, stats = compressor_filter()
+    headers = [
+        (b"content-type", b"text/html; charset=utf-8"),
+        (b"etag", b'"abc"'),
+        (b"vary", b"Origin"),
+    ]
+    s, length = compress(f, headers)
+    assert length == -1 and s.resp_coder is not None
+    assert headers == [
+        (b"content-type", b"text/html; charset=utf-8"),
+        (b"vary", b"Origin, Accept-Encoding"),
+        (b"content-encoding", b"gzip"),
+    ]
+    assert stats.counters["compressed"] == 1
+    body = s.resp_coder.encode(b"x" * 1000) + s.resp_coder.finish()
+    assert gzip.decompress(body) == b"x" * 1000
+    assert stats.counters["total_uncompressed_bytes"] == 1000
+
+
+@pytest.mark.parametrize(
+    ("headers", "length", "code", "stat"),
+    [
+        ([(b"content-type", b"text/html")], 29, 200, "content_length_too_small"),
+        ([(b"content-type", b"image/png")], 100, 200, None),
+        ([(b"content-type", b"text/html"), (b"content-encoding", b"br")], 100, 200, None),
+        ([(b"content-type", b"text/html"), (b"cache-control", b"No-Transform")], 100, 200, None),
+        ([(b"content-type", b"text/html")], 100, 304, None),
+        ([(b"content-type", b"text/html")], -1, 200, None),  # close-delimited
+    ],
+)
+def test_compressor_skips(
+    headers: list[tuple[bytes, bytes]], length: int, code: int, stat: str | None
+) -> None:
+    f, stats = compressor_filter()
+    s, out = compress(f, headers, length, code=code)
+    assert out == length and s.resp_coder is None
+    assert not any(n == b"content-encoding" and v == b"gzip" for n, v in headers)
+    if stat:
+        assert stats.counters[stat] == 1
+
+
+def test_compressor_etag_and_accept() -> None:
+    f, stats = compressor_filter(disable_on_etag_header=True)
+    _, out = compress(f, [(b"etag", b'"x"')])
+    assert out == 100 and stats.counters["not_compressed_etag"] == 1
+    f, stats = compressor_filter(weaken_etag_on_compress=True)
+    headers = [(b"etag", b'"x"')]
+    compress(f, headers)
+    assert (b"etag", b'W/"x"') in headers
+    f, stats = compressor_filter()
+    headers = []
+    _, out = compress(f, headers, accept=None)
+    assert out == 100 and stats.counters["no_accept_header"] == 1
+    assert headers == [(b"vary", b"Accept-Encoding")]  # the response could have been compressed
+
+
+def test_compressor_config_refusals() -> None:
+    conv = Conv()
+    node = {
+        "compressor_library": {"name": "x", "typed_config": {"@type": "zstd.Zstd"}},
+        "request_direction_config": {"common_config": {}},
+    }
+    assert compressor.parse_compressor(conv, node, "c") is None
+    messages = " ".join(m for _, m in conv.errors)
+    assert "request compression" in messages and "only gzip and brotli" in messages
+
+
+def test_brotli_coder() -> None:
+    brotli = pytest.importorskip("brotli")
+    stats = Stats().counter_set("total_uncompressed_bytes", "total_compressed_bytes")
+    c = BrotliCompressor(BrotliConfig(window_bits=10), stats)
+    data = b"hello brotli " * 200
+    assert brotli.decompress(c.encode(data[:1000]) + c.encode(data[1000:]) + c.finish()) == data
+
+
+def test_gzip_coders_round_trip_and_bomb() -> None:
+    counters = Stats().counter_set(
+        "total_uncompressed_bytes", "total_compressed_bytes", "zlib_data_error"
+    )
+    plain = os.urandom(20000)
+    c = GzipCompressor(GzipConfig(compression_level="BEST_SPEED"), counters)
+    packed = c.encode(plain) + c.finish()
+    d = GzipDecompressor(GzipDecompressorConfig(chunk_size=1000), counters)
+    out = b"".join(d.encode(packed[i : i + 700]) for i in range(0, len(packed), 700)) + d.finish()
+    assert out == plain
+    bomb = zlib.compressobj(9, zlib.DEFLATED, 31)
+    packed = bomb.compress(b"\0" * 10_000_000) + bomb.flush()
+    d = GzipDecompressor(GzipDecompressorConfig(), counters)
+    out = d.encode(packed)
+    assert len(out) <= len(packed) * 100 and counters["zlib_data_error"] == 1
+    assert d.encode(b"more") == b"" and d.finish() == b""
+
+
+# --- rbac -------------------------------------------------------------------------------------
+
+
+def rbac_filter(node: dict[str, Any]) -> tuple[rbac.RbacFilter, Stats]:
+    conv = Conv()
+    config = rbac.parse_rbac(conv, node, "r")
+    assert not conv.errors, conv.errors
+    stats = Stats()
+    return rbac.RbacFilter("rbac", config, stats), stats  # type: ignore[arg-type]
+
+
+def test_rbac_allow_rules() -> None:
+    f, stats = rbac_filter(
+        {
+            "rules": {
+                "policies": {
+                    "admins": {
+                        "permissions": [
+                            {
+                                "and_rules": {
+                                    "rules": [
+                                        {"url_path": {"path": {"prefix": "/admin"}}},
+                                        {
+                                            "not_rule": {
+                                                "header": {
+                                                    "name": ":method",
+                                                    "exact_match": "DELETE",
+                                                }
+                                            }
+                                        },
+                                    ]
+                                }
+                            }
+                        ],
+                        "principals": [
+                            {"remote_ip": {"address_prefix": "10.0.0.0", "prefix_len": 8}}
+                        ],
+                    },
+                    "port": {
+                        "permissions": [{"destination_port": 10000}],
+                        "principals": [{"header": {"name": "x-key", "exact_match": "k"}}],
+                    },
+                }
+            }
+        }
+    )
+    assert f.decode_headers(request(path=b"/admin/x?y"), None, state()) is None
+    out = f.decode_headers(request(b"DELETE", b"/admin/x"), None, state())
+    assert isinstance(out, LocalAnswer)
+    assert (out.reply.code, out.reply.body, out.reply.details, out.reply.flag) == (
+        403,
+        b"RBAC: access denied",
+        "rbac_access_denied_matched_policy[none]",
+        0,
+    )
+    assert f.decode_headers(request(path=b"/admin", peer="192.168.0.1"), None, state())
+    assert f.decode_headers(request(headers=[(b"x-key", b"k")], peer="::1"), None, state()) is None
+    assert stats.counters["allowed"] == 2 and stats.counters["denied"] == 2
+
+
+def test_rbac_deny_rules_name_the_policy_and_shadow() -> None:
+    f, stats = rbac_filter(
+        {
+            "rules": {
+                "action": "DENY",
+                "policies": {
+                    "bad": {
+                        "permissions": [{"any": True}],
+                        "principals": [
+                            {"direct_remote_ip": {"address_prefix": "10.1.0.0", "prefix_len": 16}}
+                        ],
+                    }
+                },
+            },
+            "shadow_rules": {
+                "policies": {
+                    "none": {
+                        "permissions": [{"any": True}],
+                        "principals": [{"not_id": {"any": True}}],
+                    }
+                }
+            },
+            "shadow_rules_stat_prefix": "s_",
+        }
+    )
+    out = f.decode_headers(request(), None, state())
+    assert isinstance(out, LocalAnswer)
+    assert out.reply.details == "rbac_access_denied_matched_policy[bad]"
+    assert f.decode_headers(request(peer="10.2.0.1"), None, state()) is None
+    assert stats.counters["s_shadow_denied"] == 2
+
+
+def test_rbac_matcher_form_of_the_envoy_example() -> None:
+    header_input = {
+        "name": "i",
+        "typed_config": {"@type": rbac.HEADER_INPUT, "header_name": "referer"},
+    }
+    action = {
+        "name": "a",
+        "typed_config": {"@type": rbac.ACTION_TYPE, "name": "illegal-referer", "action": "DENY"},
+    }
+    f, _ = rbac_filter(
+        {
+            "matcher": {
+                "matcher_list": {
+                    "matchers": [
+                        {
+                            "predicate": {
+                                "not_matcher": {
+                                    "single_predicate": {
+                                        "input": header_input,
+                                        "value_match": {
+                                            "safe_regex": {
+                                                "regex": "https?://(www.)?envoyproxy.io/docs/envoy.*"
+                                            }
+                                        },
+                                    }
+                                }
+                            },
+                            "on_match": {"action": action},
+                        }
+                    ]
+                },
+                "on_no_match": {
+                    "action": {
+                        "name": "a",
+                        "typed_config": {"@type": rbac.ACTION_TYPE, "name": "all-pass"},
+                    }
+                },
+            }
+        }
+    )
+    good = request(headers=[(b"referer", b"https://www.envoyproxy.io/docs/envoy/latest")])
+    assert f.decode_headers(good, None, state()) is None
+    out = f.decode_headers(request(), None, state())
+    assert isinstance(out, LocalAnswer)
+    assert out.reply.details == "rbac_access_denied_matched_policy[illegal-referer]"
+
+
+def test_rbac_refusals_and_per_route() -> None:
+    conv = Conv()
+    rbac.parse_rbac(
+        conv,
+        {
+            "rules": {
+                "action": "LOG",
+                "policies": {
+                    "p": {
+                        "permissions": [{"metadata": {}}],
+                        "principals": [{"authenticated": {}}],
+                        "condition": {},
+                    }
+                },
+            }
+        },
+        "r",
+    )
+    paths = [p for p, _ in conv.errors]
+    assert paths == [
+        "r.rules.action",
+        'r.rules.policies["p"].condition',
+        'r.rules.policies["p"].permissions[0].metadata',
+        'r.rules.policies["p"].principals[0].authenticated',
+    ]
+    f, _ = rbac_filter({"rules": {"policies": {}}})  # ALLOW with no policy: everything denied
+    assert f.decode_headers(request(), None, state()) is not None
+    off = f.compile_route((rbac.parse_per_route(Conv(), {}, "p"),))
+    assert f.decode_headers(request(), route({"rbac": off}), state()) is None
+
+
+# --- csrf -------------------------------------------------------------------------------------
+
+
+def test_csrf() -> None:
+    conv = Conv()
+    policy = csrf.parse_csrf(
+        conv,
+        {
+            "filter_enabled": {"default_value": {"numerator": 100}},
+            "additional_origins": [{"suffix": ".trusted.test"}],
+        },
+        "c",
+    )
+    stats = Stats()
+    f = csrf.CsrfFilter("csrf", policy, Runtime(), stats)  # type: ignore[arg-type]
+
+    def post(**h: str) -> Any:
+        return request(
+            b"POST",
+            authority=b"site.test:8080",
+            headers=[(k.encode(), v.encode()) for k, v in h.items()],
+        )
+
+    assert f.decode_headers(post(origin="https://site.test:8080"), None, state()) is None
+    assert f.decode_headers(post(referer="http://site.test:8080/page"), None, state()) is None
+    assert f.decode_headers(post(origin="https://a.trusted.test"), None, state()) is None
+    out = f.decode_headers(post(origin="https://evil.test"), None, state())
+    assert isinstance(out, LocalAnswer) and out.reply.details == "csrf_origin_mismatch"
+    assert f.decode_headers(post(), None, state()) is not None
+    assert (
+        f.decode_headers(request(headers=[(b"origin", b"https://evil.test")]), None, state())
+        is None
+    )  # GET is not checked
+    assert stats.counters == {"missing_source_origin": 1, "request_invalid": 1, "request_valid": 3}
+    assert csrf.host_and_port(b"https://h:1/x?y") == b"h:1"

@@ -1,0 +1,299 @@
+"""The HTTP filter chain of one connection manager, compiled once per listener.
+
+Envoy's seam, cut down to what an HTTP/1.1 edge proxy needs. Each filter may:
+
+- decode the request headers (``decode_headers``): go on (``None``), answer locally
+  (``LocalAnswer``: CORS preflight, fault abort, RBAC 403) or hold the request (``Hold``: fault
+  delay); a held request goes on when the chain's timer fires (``resume``);
+- register a per-request ``Encoder`` on the ``FilterState`` to see the response headers, and a
+  ``BodyCoder`` (on the stream) to transform the response or request body.
+
+The stream only pays for this when the listener has filters: ``ctx.filters`` is None otherwise, and
+each hook in ``stream.py`` is one attribute test.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from udsproxy import http1
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from udsproxy.router import CompiledRoute
+    from udsproxy.stream import Stream
+
+__all__ = [
+    "DEFAULT_RUNTIME",
+    "BodyCoder",
+    "Encoder",
+    "FilterChain",
+    "FilterState",
+    "Fraction",
+    "Hold",
+    "HttpFilter",
+    "LocalAnswer",
+    "Reporter",
+    "Runtime",
+    "RuntimeOf",
+    "header_value",
+    "parse_fraction",
+]  # fmt: skip
+
+Node = Mapping[str, Any]
+Headers = list[tuple[bytes, bytes]]
+
+_rng = random.Random(os.urandom(16))
+randrange = _rng.randrange
+
+_DENOMINATORS = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
+
+
+class Reporter(Protocol):
+    """What a filter's config parser reports to (``config.convert._Converter``)."""
+
+    def error(self, path: str, message: str) -> None: ...
+
+    def refuse(self, path: str, what: str = "", note: str = "") -> None: ...
+
+    def only(self, node: Node, path: str, allowed: Collection[str]) -> None: ...
+
+
+class Runtime(Protocol):
+    """Runtime values (``layered_runtime``) the filters read; the config's value is the default."""
+
+    def integer(self, key: str, default: int) -> int: ...
+
+
+class _Defaults:
+    def integer(self, key: str, default: int) -> int:
+        return default
+
+
+DEFAULT_RUNTIME: Runtime = _Defaults()
+
+
+class RuntimeOf:
+    """The runtime an owner (the listener context) holds now: the server sets it after the
+    context is built, and a reload may replace it."""
+
+    __slots__ = ("owner",)
+
+    def __init__(self, owner: Any) -> None:
+        self.owner = owner
+
+    def integer(self, key: str, default: int) -> int:
+        runtime = self.owner.runtime
+        return default if runtime is None else int(runtime.integer(key, default))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fraction:
+    """A FractionalPercent, or a RuntimeFractionalPercent when ``runtime_key`` is set."""
+
+    numerator: int
+    denominator: int = 100
+    runtime_key: str = ""
+
+    def sample(self, runtime: Runtime) -> bool:
+        """One draw, as Envoy's featureEnabled: random % denominator < numerator."""
+        n = self.numerator
+        if self.runtime_key:
+            n = runtime.integer(self.runtime_key, n)
+        if n <= 0:
+            return False
+        return n >= self.denominator or randrange(self.denominator) < n
+
+
+def parse_fraction(
+    conv: Reporter, node: Node | None, path: str, default: int, *, runtime: bool = False
+) -> Fraction:
+    """FractionalPercent (``runtime=False``) or RuntimeFractionalPercent; absent: ``default``%."""
+    if node is None:
+        return Fraction(numerator=default)
+    key = ""
+    if runtime:
+        conv.only(node, path, ("default_value", "runtime_key"))
+        key = node.get("runtime_key", "")
+        if "default_value" not in node:
+            return Fraction(numerator=default, runtime_key=key)
+        path = f"{path}.default_value"
+        node = node["default_value"]
+    conv.only(node, path, ("numerator", "denominator"))
+    denominator = _DENOMINATORS.get(node.get("denominator", "HUNDRED"), 100)
+    numerator = int(node.get("numerator", 0))
+    return Fraction(numerator=min(numerator, denominator), denominator=denominator, runtime_key=key)
+
+
+def header_value(s: Stream, name: bytes) -> bytes | None:
+    """A request header as Envoy's matchers see it: repeated ones joined by ','; pseudo-headers
+    from the request line."""
+    if name[:1] == b":":
+        if name == b":path":
+            return s.path
+        if name == b":method":
+            return s.method
+        if name == b":authority":
+            return s.authority
+        if name == b":scheme":
+            return s.ctx.scheme
+        return None
+    if name == b"host":
+        return s.authority
+    found = [v for n, v in s.headers if n == name]
+    if not found:
+        return None
+    return found[0] if len(found) == 1 else b",".join(found)
+
+
+class LocalAnswer:
+    """A reply a filter sends instead of forwarding the request."""
+
+    __slots__ = ("headers", "reply")
+
+    def __init__(self, reply: http1.LocalReply, headers: Sequence[tuple[bytes, bytes]] = ()):
+        self.reply = reply
+        self.headers = tuple(headers)
+
+
+class Hold:
+    """Hold the request this long, then call the filter's ``resume``."""
+
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+
+Outcome = LocalAnswer | Hold | None
+
+
+class Encoder(Protocol):
+    """Per-request response-side work a filter registered while decoding."""
+
+    def encode_headers(self, s: Stream, code: int, headers: Headers, length: int) -> int:
+        """Edit ``headers`` in place; return the content length to announce (-1: none)."""
+        ...
+
+
+class BodyCoder(Protocol):
+    """Transforms a body as it streams (compress/decompress); output may be empty."""
+
+    def encode(self, data: bytes | memoryview) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
+class HttpFilter:
+    """One configured filter. ``name`` is its http_filters[*].name, which keys its per-route
+    config (``typed_per_filter_config``)."""
+
+    name: str = ""
+
+    def pick(self, level: dict[str, Any]) -> Any:
+        """This filter's entry in one level (route, virtual host) of per-filter configs."""
+        return level.get(self.name)
+
+    def compile_route(self, configs: tuple[Any, ...]) -> Any:
+        """Compile a route's per-filter configs (most specific first) at config time."""
+        return None
+
+    def decode_headers(self, s: Stream, route: CompiledRoute | None, state: FilterState) -> Outcome:
+        return None
+
+    def resume(self, s: Stream, state: FilterState) -> Outcome:
+        """After a ``Hold``."""
+        return None
+
+    def release(self, state: FilterState) -> None:
+        """The request is over (give back what it held, e.g. an active-fault slot)."""
+
+
+class FilterState:
+    """One request's view of the chain: where it stands, its encoders, its timer."""
+
+    __slots__ = ("chain", "encoders", "index", "pending", "releases", "route", "timer")
+
+    def __init__(self, chain: FilterChain, route: CompiledRoute | None) -> None:
+        self.chain = chain
+        self.route = route
+        self.index = 0
+        self.encoders: list[Encoder] = []
+        self.timer: asyncio.TimerHandle | None = None
+        self.releases: list[HttpFilter] | None = None
+        self.pending: Any = None  # what a holding filter decided, for its resume()
+
+    def encode_headers(self, s: Stream, code: int, headers: Headers, length: int) -> int:
+        # Envoy runs encoders in the reverse order of the decoders.
+        for encoder in reversed(self.encoders):
+            length = encoder.encode_headers(s, code, headers, length)
+        return length
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.releases is not None:
+            for f in self.releases:
+                f.release(self)
+            self.releases = None
+
+
+class FilterChain:
+    """The http_filters of one connection manager (the router excluded: that is the stream)."""
+
+    __slots__ = ("filters",)
+
+    def __init__(self, filters: Sequence[HttpFilter]) -> None:
+        self.filters = tuple(filters)
+
+    def compile_routes(self, routes: Sequence[CompiledRoute]) -> None:
+        """Give each route what each filter compiled from the route's per-filter configs (route
+        level first, then virtual host)."""
+        for route in routes:
+            levels = route.filter_levels
+            if not levels:
+                continue
+            compiled: dict[str, Any] = {}
+            for f in self.filters:
+                configs = tuple(c for c in map(f.pick, levels) if c is not None)
+                if configs:
+                    compiled[f.name] = f.compile_route(configs)
+            route.filter_configs = compiled
+
+    def decode_headers(self, s: Stream, route: CompiledRoute | None) -> bool:
+        """Run the decoders; True when a filter answered or holds the request."""
+        state = FilterState(self, route)
+        s.filter_state = state
+        return self._run(s, state, 0)
+
+    def _run(self, s: Stream, state: FilterState, start: int) -> bool:
+        filters = self.filters
+        for i in range(start, len(filters)):
+            out = filters[i].decode_headers(s, state.route, state)
+            if out is not None:
+                state.index = i
+                return self._act(s, state, out)
+        return False
+
+    def _act(self, s: Stream, state: FilterState, out: LocalAnswer | Hold) -> bool:
+        if isinstance(out, LocalAnswer):
+            s.send_local_reply(out.reply, out.headers)
+        else:
+            state.timer = s.ctx.loop.call_later(out.seconds, self._wake, s, state)
+        return True
+
+    def _wake(self, s: Stream, state: FilterState) -> None:
+        state.timer = None
+        if s.done:
+            return
+        out = self.filters[state.index].resume(s, state)
+        if out is not None:
+            self._act(s, state, out)
+        elif not self._run(s, state, state.index + 1):
+            s.resume(state.route)

@@ -1,0 +1,209 @@
+"""envoy.filters.http.decompressor (gzip): inflate request bodies (on by default) and response
+bodies (off by default) whose ``content-encoding`` names gzip, as they stream.
+
+The decompressed message loses its content-length (a request goes upstream chunked) and gzip
+from its content-encoding. With response decompression on, ``advertise_accept_encoding`` (default
+true) appends gzip to the request's accept-encoding. Stats:
+``http.<stat_prefix>.decompressor.<library name>.gzip.<request|response>.*``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from udsproxy.filters.base import (
+    FilterState,
+    Headers,
+    HttpFilter,
+    Node,
+    Outcome,
+    Reporter,
+    Runtime,
+)
+from udsproxy.filters.codecs import GzipDecompressor, GzipDecompressorConfig
+
+if TYPE_CHECKING:
+    from udsproxy.router import CompiledRoute
+    from udsproxy.stats.store import FilterStats
+    from udsproxy.stream import Stream
+
+__all__ = ["DecompressorConfig", "DecompressorFilter", "parse_decompressor"]
+
+FILTER_TYPE = "envoy.extensions.filters.http.decompressor.v3.Decompressor"
+GZIP_TYPE = "envoy.extensions.compression.gzip.decompressor.v3.Gzip"
+_STATS = (
+    "decompressed", "not_decompressed", "total_uncompressed_bytes", "total_compressed_bytes",
+    "zlib_data_error",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Direction:
+    enabled: bool
+    runtime_key: str = ""
+    ignore_no_transform_header: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecompressorConfig:
+    library_name: str
+    library: GzipDecompressorConfig
+    request: Direction = Direction(enabled=True)
+    response: Direction = Direction(enabled=True)
+    advertise_accept_encoding: bool = True
+
+
+def _direction(conv: Reporter, node: Node, path: str, extra: tuple[str, ...] = ()) -> Direction:
+    conv.only(node, path, ("common_config", *extra))
+    common = node.get("common_config", {})
+    common_path = f"{path}.common_config"
+    conv.only(common, common_path, ("enabled", "ignore_no_transform_header"))
+    enabled = common.get("enabled", {})
+    conv.only(enabled, f"{common_path}.enabled", ("default_value", "runtime_key"))
+    return Direction(
+        # RuntimeFeatureFlag: a set flag without default_value is false (proto default)
+        enabled=bool(enabled.get("default_value", False)) if "enabled" in common else True,
+        runtime_key=enabled.get("runtime_key", ""),
+        ignore_no_transform_header=common.get("ignore_no_transform_header", False),
+    )
+
+
+def parse_decompressor(conv: Reporter, node: Node, path: str) -> DecompressorConfig | None:
+    conv.only(
+        node,
+        path,
+        ("decompressor_library", "request_direction_config", "response_direction_config"),
+    )
+    kw: dict[str, Any] = {}
+    if "request_direction_config" in node:
+        request_path = f"{path}.request_direction_config"
+        request = node["request_direction_config"]
+        kw["request"] = _direction(conv, request, request_path, ("advertise_accept_encoding",))
+        kw["advertise_accept_encoding"] = request.get("advertise_accept_encoding", True)
+    if "response_direction_config" in node:
+        response_path = f"{path}.response_direction_config"
+        kw["response"] = _direction(conv, node["response_direction_config"], response_path)
+    library_path = f"{path}.decompressor_library"
+    library = node.get("decompressor_library")
+    if library is None:
+        conv.error(library_path, "is required")
+        return None
+    conv.only(library, library_path, ("name", "typed_config"))
+    config = library.get("typed_config", {})
+    config_path = f"{library_path}.typed_config"
+    if config.get("@type") != GZIP_TYPE:
+        what = f"decompressor library '{config.get('@type') or ''}'"
+        conv.refuse(config_path, what, "only gzip")
+        return None
+    fields = ("window_bits", "chunk_size", "max_inflate_ratio")
+    conv.only(config, config_path, fields)
+    gzip = GzipDecompressorConfig(**{k: config[k] for k in fields if k in config})
+    return DecompressorConfig(library_name=library.get("name", ""), library=gzip, **kw)
+
+
+def _strip_gzip(headers: Headers, i: int) -> None:
+    """Remove the gzip coding (the first listed, as Envoy does) from content-encoding ``i``."""
+    rest = headers[i][1].split(b",", 1)
+    if len(rest) > 1 and rest[1].strip():
+        headers[i] = (b"content-encoding", rest[1].strip())
+    else:
+        del headers[i]
+
+
+def _gzip_at(headers: Headers) -> int:
+    for i, (name, value) in enumerate(headers):
+        if name == b"content-encoding":
+            return i if value.split(b",", 1)[0].strip().lower() == b"gzip" else -1
+    return -1
+
+
+def _no_transform(headers: Headers) -> bool:
+    return any(n == b"cache-control" and b"no-transform" in v.lower() for n, v in headers)
+
+
+class _Response:
+    __slots__ = ("filter",)
+
+    def __init__(self, f: DecompressorFilter) -> None:
+        self.filter = f
+
+    def encode_headers(self, s: Stream, code: int, headers: Headers, length: int) -> int:
+        f = self.filter
+        if s.is_head or code in (204, 304) or s.resp_coder is not None:
+            return length
+        at = _gzip_at(headers)
+        direction = f.config.response
+        if at < 0 or (not direction.ignore_no_transform_header and _no_transform(headers)):
+            f.response_stats["not_decompressed"] += 1
+            return length
+        _strip_gzip(headers, at)
+        f.response_stats["decompressed"] += 1
+        s.resp_coder = GzipDecompressor(f.config.library, f.response_stats)
+        return -1
+
+
+class DecompressorFilter(HttpFilter):
+    def __init__(
+        self,
+        name: str,
+        config: DecompressorConfig,
+        runtime: Runtime,
+        request_stats: FilterStats,
+        response_stats: FilterStats,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.runtime = runtime
+        self.request_stats = request_stats.counter_set(*_STATS)
+        self.response_stats = response_stats.counter_set(*_STATS)
+        self.encoder = _Response(self)
+
+    def _enabled(self, direction: Direction) -> bool:
+        if direction.runtime_key:
+            return bool(self.runtime.integer(direction.runtime_key, int(direction.enabled)))
+        return direction.enabled
+
+    def decode_headers(self, s: Stream, route: CompiledRoute | None, state: FilterState) -> Outcome:
+        config = self.config
+        if self._enabled(config.response):
+            state.encoders.append(self.encoder)
+            if config.advertise_accept_encoding:
+                _advertise(s)
+        if self._enabled(config.request) and (s.req_cl > 0 or s.req_chunked):
+            self._request(s)
+        return None
+
+    def _request(self, s: Stream) -> None:
+        headers = s.headers
+        at = _gzip_at(headers)
+        stats = self.request_stats
+        if at < 0 or (
+            not self.config.request.ignore_no_transform_header and _no_transform(headers)
+        ):
+            stats["not_decompressed"] += 1
+            return
+        _strip_gzip(headers, at)
+        stats["decompressed"] += 1
+        coder = GzipDecompressor(self.config.library, stats)
+        s.req_chunked = True  # the length changes: chunked upstream (and never spliced)
+        if s.body:  # what arrived before the stream started (a pipelined request)
+            raw = b"".join(s.body)
+            out = coder.encode(raw)
+            if s.request_complete:
+                out += coder.finish()
+            s.conn.body_buffered += len(out) - s.body_size
+            s.body = [out] if out else []
+            s.body_size = len(out)
+        if not s.request_complete:
+            s.req_coder = coder
+
+
+def _advertise(s: Stream) -> None:
+    headers = s.headers
+    for i, (name, value) in enumerate(headers):
+        if name == b"accept-encoding":
+            if b"gzip" not in value.lower():
+                headers[i] = (name, value + b", gzip")
+            return
+    headers.append((b"accept-encoding", b"gzip"))
