@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from udsproxy import splice
 from udsproxy.config import schema
+from udsproxy.config.datasource import read as read_data_source
 from udsproxy.flags import ResponseFlag
+from udsproxy.localreply import LocalReplyRewriter
 from udsproxy.router import Router
 from udsproxy.stats.store import BOUNDS, StatsStore
 from udsproxy.stream import Stream
@@ -66,6 +68,12 @@ class ListenerContext:
         self.xff_num_trusted_hops = hcm.xff_num_trusted_hops
         self.idle_timeout = hcm.idle_timeout
         self.stream_idle_timeout = hcm.stream_idle_timeout
+        # local_reply_config: None unless configured (local replies test one attribute)
+        self.local_reply = (
+            LocalReplyRewriter(hcm.local_reply_config, read_data_source)
+            if hcm.local_reply_config is not None
+            else None
+        )
         self.listener_address = listener.address
         self.scheme = b"https" if listener.tls is not None else b"http"
         self.local_peer = Peer(str(listener.address), None)

@@ -122,20 +122,31 @@ _RESET_PREFIX = "upstream connect error or disconnect/reset before headers. rese
 
 
 class LocalReply:
-    """A reply the proxy generates itself: status, body, flag and %RESPONSE_CODE_DETAILS%."""
+    """A reply the proxy generates itself: status, body, flag and %RESPONSE_CODE_DETAILS%.
 
-    __slots__ = ("body", "code", "details", "flag")
+    ``router``: sent by Envoy's router filter once a route was found, so the route's
+    response_headers_to_add apply to it (they do not to the connection manager's own replies).
+    """
 
-    def __init__(self, code: int, body: str, flag: int, details: str) -> None:
+    __slots__ = ("body", "code", "details", "flag", "router")
+
+    def __init__(
+        self, code: int, body: str | bytes, flag: int, details: str, *, router: bool = False
+    ) -> None:
         self.code = code
-        self.body = body.encode()
+        self.body = body.encode() if isinstance(body, str) else body
         self.flag = flag
         self.details = details
+        self.router = router
 
 
 def _reset(code: int, reason: str, flag: ResponseFlag, detail: str) -> LocalReply:
     return LocalReply(
-        code, _RESET_PREFIX + reason, flag, f"upstream_reset_before_response_started{{{detail}}}"
+        code,
+        _RESET_PREFIX + reason,
+        flag,
+        f"upstream_reset_before_response_started{{{detail}}}",
+        router=True,
     )
 
 
@@ -153,15 +164,17 @@ def _codec_error(code: int, details: str) -> LocalReply:
 
 
 NO_ROUTE = LocalReply(404, "", ResponseFlag.NR, "route_not_found")
-NO_CLUSTER = LocalReply(503, "", ResponseFlag.NC, "cluster_not_found")
-NO_HEALTHY_UPSTREAM = LocalReply(503, "no healthy upstream", ResponseFlag.UH, "no_healthy_upstream")
+NO_CLUSTER = LocalReply(503, "", ResponseFlag.NC, "cluster_not_found", router=True)
+NO_HEALTHY_UPSTREAM = LocalReply(
+    503, "no healthy upstream", ResponseFlag.UH, "no_healthy_upstream", router=True
+)
 CONNECT_FAILURE = _reset(503, "connection failure", ResponseFlag.UF, "connection_failure")
 CONNECTION_TERMINATION = _reset(
     503, "connection termination", ResponseFlag.UC, "connection_termination"
 )
 UPSTREAM_PROTOCOL_ERROR = _reset(502, "protocol error", ResponseFlag.UPE, "protocol_error")
 UPSTREAM_TIMEOUT = LocalReply(
-    504, "upstream request timeout", ResponseFlag.UT, "upstream_response_timeout"
+    504, "upstream request timeout", ResponseFlag.UT, "upstream_response_timeout", router=True
 )
 STREAM_IDLE_TIMEOUT = LocalReply(408, "stream timeout", ResponseFlag.SI, "stream_idle_timeout")
 UPGRADE_FAILED = LocalReply(403, "", 0, "upgrade_failed")

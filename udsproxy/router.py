@@ -1,5 +1,8 @@
 """Route table compiled once from a RouteConfiguration. Pure: no I/O.
 
+Route shaping (header mutations of the three levels, host rewrites, direct_response bodies) is
+compiled here too; a direct_response body given as a file or variable is read once, here.
+
 Virtual hosts are searched the way Envoy does: exact domain, then the longest suffix wildcard
 (``*.example.com``), then the longest prefix wildcard (``example.*``), then ``*``. Routes inside a
 virtual host are tried in order; the first match wins. Paths are matched without the query string.
@@ -9,33 +12,93 @@ from __future__ import annotations
 
 import re
 
+from udsproxy import http1
 from udsproxy.config import schema
+from udsproxy.config.datasource import read as read_data_source
+from udsproxy.headers import HeaderMutations, compile_mutations
 
-__all__ = ["CompiledRoute", "Router"]
+__all__ = ["CompiledRoute", "RequestShaping", "Router"]
 
 _MAX_HOST_CACHE = 1024
 
 
+class RequestShaping:
+    """What a route changes in the request it forwards: header mutations, then the Host."""
+
+    __slots__ = ("append_xfh", "auto_host", "host_header", "host_literal", "mutations")
+
+    def __init__(self, action: schema.RouteAction, mutations: HeaderMutations | None) -> None:
+        self.mutations = mutations
+        literal = action.host_rewrite_literal
+        self.host_literal = literal.encode() if literal is not None else None
+        self.auto_host = action.auto_host_rewrite
+        header = action.host_rewrite_header
+        self.host_header = header.encode() if header is not None else None
+        self.append_xfh = action.append_x_forwarded_host
+
+    @staticmethod
+    def needed(action: schema.RouteAction, mutations: HeaderMutations | None) -> bool:
+        return mutations is not None or bool(
+            action.host_rewrite_literal or action.auto_host_rewrite or action.host_rewrite_header
+        )
+
+
+_NO_ACTION = schema.RouteAction(cluster="")  # a direct_response route's: nothing upstream
+
+
+def _levels(
+    route: schema.Route, vhost: schema.VirtualHost, config: schema.RouteConfiguration, side: str
+) -> list[tuple[tuple[schema.HeaderValueOption, ...], tuple[str, ...]]]:
+    """(headers_to_add, headers_to_remove) of one side, route first."""
+    return [
+        (getattr(x, f"{side}_headers_to_add"), getattr(x, f"{side}_headers_to_remove"))
+        for x in (route, vhost, config)
+    ]
+
+
 class CompiledRoute:
-    """Everything the data path needs from a route, precomputed."""
+    """Everything the data path needs from a route, precomputed. The optional parts are None
+    when not configured, so the data path tests one attribute each."""
 
     __slots__ = (
         "cluster",
+        "direct_response",
         "expected_timeout_header",
         "name",
         "prefix",
         "prefix_rewrite",
+        "request_shaping",
+        "response_mutations",
         "timeout",
         "upgrade_types",
         "vhost_name",
     )
 
     def __init__(
-        self, route: schema.Route, vhost: str, hcm_upgrades: tuple[schema.UpgradeConfig, ...]
+        self,
+        route: schema.Route,
+        vhost: schema.VirtualHost,
+        hcm_upgrades: tuple[schema.UpgradeConfig, ...],
+        config: schema.RouteConfiguration | None = None,
     ) -> None:
-        action = route.route
+        config = config if config is not None else schema.RouteConfiguration()
+        action = route.route if route.route is not None else _NO_ACTION
         self.name = route.name or None
-        self.vhost_name = vhost
+        self.vhost_name = vhost.name
+        wins = config.most_specific_header_mutations_wins
+        request = compile_mutations(
+            _levels(route, vhost, config, "request"), most_specific_wins=wins
+        )
+        self.request_shaping = (
+            RequestShaping(action, request) if RequestShaping.needed(action, request) else None
+        )
+        # the connection manager sets server afterwards (server_name): a route's has no effect
+        self.response_mutations = compile_mutations(
+            _levels(route, vhost, config, "response"),
+            most_specific_wins=wins,
+            skip=frozenset({"server"}),
+        )
+        self.direct_response = _direct_response(route.direct_response, config)
         self.cluster = action.cluster
         self.timeout = action.timeout
         ms = int(action.timeout * 1000)
@@ -65,6 +128,21 @@ class CompiledRoute:
             _, sep, query = path.partition(b"?")
             return self.prefix_rewrite + sep + query
         return self.prefix_rewrite + path[len(self.prefix) :]
+
+
+def _direct_response(
+    direct: schema.DirectResponse | None, config: schema.RouteConfiguration
+) -> http1.LocalReply | None:
+    if direct is None:
+        return None
+    body = b"" if direct.body is None else read_data_source(direct.body)
+    limit = config.max_direct_response_body_size_bytes
+    if len(body) > limit:  # inline bodies were checked by convert; a file may have grown
+        raise ValueError(
+            f"direct_response body {direct.body}: response body size is {len(body)} bytes;"
+            f" maximum is {limit}"
+        )
+    return http1.LocalReply(direct.status, body, 0, "direct_response", router=True)
 
 
 class _Matcher:
@@ -102,11 +180,14 @@ class _VirtualHost:
     __slots__ = ("matchers", "name")
 
     def __init__(
-        self, vhost: schema.VirtualHost, hcm_upgrades: tuple[schema.UpgradeConfig, ...]
+        self,
+        vhost: schema.VirtualHost,
+        hcm_upgrades: tuple[schema.UpgradeConfig, ...],
+        config: schema.RouteConfiguration,
     ) -> None:
         self.name = vhost.name
         self.matchers = tuple(
-            _Matcher(r, CompiledRoute(r, vhost.name, hcm_upgrades)) for r in vhost.routes
+            _Matcher(r, CompiledRoute(r, vhost, hcm_upgrades, config)) for r in vhost.routes
         )
 
     def match(self, path: bytes) -> CompiledRoute | None:
@@ -130,7 +211,7 @@ class Router:
         prefixes: list[tuple[bytes, _VirtualHost]] = []
         self._default: _VirtualHost | None = None
         for vh in config.virtual_hosts:
-            compiled = _VirtualHost(vh, hcm_upgrades)
+            compiled = _VirtualHost(vh, hcm_upgrades, config)
             for domain in vh.domains:
                 d = domain.lower().encode()
                 if d == b"*":

@@ -27,7 +27,7 @@ from udsproxy.upstream_tls import TlsConnectError
 if TYPE_CHECKING:
     from udsproxy.context import ListenerContext
     from udsproxy.downstream import DownstreamConnection
-    from udsproxy.router import CompiledRoute
+    from udsproxy.router import CompiledRoute, RequestShaping
     from udsproxy.upstream import Host, UpstreamConnection
 
 __all__ = ["Stream", "request_id"]
@@ -38,6 +38,22 @@ _VARIANT = (b"8", b"9", b"a", b"b")
 _CRLF = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_TEXT_PLAIN = b"text/plain"
+
+
+def _first(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    return next((v for n, v in headers if n == name), None)
+
+
+def _append_forwarded_host(headers: list[tuple[bytes, bytes]], host: bytes) -> None:
+    """Envoy's append_x_forwarded_host: add the original Host unless it is the last one."""
+    for i in range(len(headers) - 1, -1, -1):
+        name, value = headers[i]
+        if name == b"x-forwarded-host":
+            if value.rsplit(b",", 1)[-1].strip() != host:
+                headers[i] = (name, value + b"," + host)
+            return
+    headers.append((b"x-forwarded-host", host))
 
 
 def request_id() -> bytes:
@@ -280,6 +296,10 @@ class Stream(StreamInfo):
         if self.upgrade is not None and self.upgrade.lower() not in route.upgrade_types:
             self._local_reply(http1.UPGRADE_FAILED, close=True)
             return
+        if route.direct_response is not None:
+            ctx.http_stats.rq_direct_response += 1
+            self._local_reply(route.direct_response)
+            return
         cluster = ctx.clusters.get(route.cluster)
         if cluster is None:
             self._local_reply(http1.NO_CLUSTER)
@@ -323,6 +343,8 @@ class Stream(StreamInfo):
         self.request_headers = headers
 
     def _build_head(self, route: CompiledRoute) -> bytes:
+        if route.request_shaping is not None:
+            self._shape_request(route.request_shaping)
         headers = self.headers
         path = self.path
         if route.prefix_rewrite is not None:
@@ -344,6 +366,23 @@ class Stream(StreamInfo):
             parts += (b"connection: upgrade\r\nupgrade: ", self.upgrade, _CRLF)
         parts.append(_CRLF)
         return b"".join(parts)
+
+    def _shape_request(self, shaping: RequestShaping) -> None:
+        """The route's request header mutations, then its Host rewrite (Envoy's order)."""
+        headers = self.headers
+        if shaping.mutations is not None:
+            shaping.mutations.apply(headers, self)
+        new_host = shaping.host_literal
+        if new_host is None and shaping.host_header is not None:
+            new_host = next((v for n, v in headers if n == shaping.host_header), None) or None
+        if new_host is None and shaping.auto_host and self.host is not None:
+            new_host = self.host.auto_host()
+        if new_host is None:
+            return
+        old = self.authority
+        if shaping.append_xfh and old:
+            _append_forwarded_host(headers, old)
+        self.authority = new_host  # what goes upstream, and what %REQ(:AUTHORITY)% logs
 
     def _trust_xff(self, xff: bytes, nth: int) -> None:
         """The client address Envoy trusts: the nth entry from the right of x-forwarded-for."""
@@ -444,13 +483,23 @@ class Stream(StreamInfo):
         self.response_code_details = "via_upstream"
         headers = up.resp_headers
         ctx = self.ctx
+        ust = None
+        if self.request_complete and self.last_downstream_rx_mono is not None:
+            ust = b"%d" % ((now - self.last_downstream_rx_mono) * 1000)
+        route = self.route
+        if route is not None and route.response_mutations is not None:
+            # the route's mutations see the router's header, not the server header (Envoy)
+            if ust is not None:
+                headers.append((b"x-envoy-upstream-service-time", ust))
+                ust = None
+            self.response_headers = headers
+            route.response_mutations.apply(headers, self)
         parts = [http1.status_line(code)]
         for name, value in headers:
             parts += (name, b": ", value, _CRLF)
         parts.append(ctx.server_header)
         headers.append(ctx.server_header_tuple)
-        if self.request_complete and self.last_downstream_rx_mono is not None:
-            ust = b"%d" % ((now - self.last_downstream_rx_mono) * 1000)
+        if ust is not None:
             parts += (b"x-envoy-upstream-service-time: ", ust, _CRLF)
             headers.append((b"x-envoy-upstream-service-time", ust))
         self.response_headers = headers
@@ -702,13 +751,25 @@ class Stream(StreamInfo):
         self.response_code_details = reply.details
         self.response_flags |= reply.flag
         body = reply.body
-        close = close or not self.keep_alive or not self.request_complete or self.ctx.draining
+        ctx = self.ctx
+        close = close or not self.keep_alive or not self.request_complete or ctx.draining
+        route = self.route
+        if ctx.local_reply is not None or (
+            reply.router and route is not None and route.response_mutations is not None
+        ):
+            body, content_type, shaped = self._shape_local_reply(reply, route)
+        else:
+            content_type, shaped = _TEXT_PLAIN, None
         length = b"%d" % len(body)
         headers = [(b"content-length", length)]
-        parts = [http1.status_line(reply.code), b"content-length: ", length, _CRLF]
-        if body:
-            parts.append(b"content-type: text/plain\r\n")
-            headers.append((b"content-type", b"text/plain"))
+        parts = [http1.status_line(self.response_code), b"content-length: ", length, _CRLF]
+        if body and content_type is not None:
+            parts += (b"content-type: ", content_type, _CRLF)
+            headers.append((b"content-type", content_type))
+        if shaped:
+            for name, value in shaped:
+                parts += (name, b": ", value, _CRLF)
+            headers += shaped
         parts.append(http1.date_header())
         parts.append(self.ctx.server_header)
         headers.append(self.ctx.server_header_tuple)
@@ -724,6 +785,34 @@ class Stream(StreamInfo):
         self.response_started = True
         self.conn.write(b"".join(parts))
         self._finish(close)
+
+    def _shape_local_reply(
+        self, reply: http1.LocalReply, route: CompiledRoute | None
+    ) -> tuple[bytes, bytes | None, list[tuple[bytes, bytes]]]:
+        """What Envoy does to a local reply before sending it: the route's response headers
+        (router replies only), then local_reply_config. Returns the body, the content type to
+        send (None: the headers carry one) and the headers so far; the status may change."""
+        headers: list[tuple[bytes, bytes]] = []
+        self.response_headers = headers  # what the mappers' filters and formats read
+        if reply.router and route is not None and route.response_mutations is not None:
+            route.response_mutations.apply(headers, self)
+        body = reply.body
+        content_type: bytes | None = _TEXT_PLAIN
+        before = _first(headers, b"content-type")
+        rewriter = self.ctx.local_reply
+        if rewriter is not None:
+            new_body, content_type = rewriter.rewrite(self, headers, body)
+            now = _first(headers, b"content-type")
+            # Envoy keeps a content-type already set unless the rewrite changed the body and
+            # not the content-type
+            if now is not None and (new_body == body or now != before):
+                content_type = None
+            body = new_body
+        elif before is not None:
+            content_type = None
+        if not body or content_type is not None:
+            headers[:] = [h for h in headers if h[0] != b"content-type"]
+        return body, content_type, headers
 
     def _finish(self, close: bool) -> None:
         if self.done:

@@ -46,6 +46,7 @@ class StreamInfo:
         "first_upstream_rx_mono",
         "last_downstream_rx_mono",
         "last_upstream_tx_mono",
+        "local_reply_body",  # set by local replies only: read with getattr (%LOCAL_REPLY_BODY%)
         "method",
         "path",
         "protocol",
@@ -63,6 +64,8 @@ class StreamInfo:
         "upstream_protocol",
         "upstream_transport_failure_reason",
     )
+
+    local_reply_body: bytes  # not set in __init__: it costs nothing unless there is one
 
     def __init__(self, start_time: float, start_mono: float) -> None:
         self.start_time = start_time

@@ -389,6 +389,11 @@ class Host:
         out["rq_active"] = max(self.cx_active - len(self.idle), 0)
         return out
 
+    def auto_host(self) -> bytes | None:
+        """The Host that auto_host_rewrite sends to this endpoint: its host name, which only
+        endpoints given by name have (DNS clusters); None leaves the Host as it is (Envoy)."""
+        return None
+
     def acquire(self) -> UpstreamConnection | None:
         idle = self.idle
         while idle:

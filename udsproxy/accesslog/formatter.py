@@ -28,9 +28,11 @@ __all__ = [
     "DEFAULT_FORMAT",
     "FormatError",
     "Formatter",
+    "command_names",
     "compile_access_log",
     "compile_json",
     "compile_text",
+    "literal",
 ]
 
 # Envoy's SubstitutionFormatUtils::DEFAULT_FORMAT: one line, single spaces, "\n"-terminated.
@@ -368,6 +370,11 @@ class _Gen:
             self.emit("$v = i.response_code_details or $d" + _BV, var, unset)
             if cmd.arg != "ALLOW_WHITESPACES":  # Envoy replaces whitespace unless told not to
                 self.emit("if $v: $v = _ws($v)", var, unset)
+        elif name == "LOCAL_REPLY_BODY":
+            # set only on local replies (Stream._local_reply); empty elsewhere, as in Envoy
+            _check(cmd, where)
+            self.emit("$v = getattr(i, 'local_reply_body', b'').decode('latin-1')", var, unset)
+            return var, _STR, False
         elif name == "HOSTNAME":
             _check(cmd, where)
             try:
@@ -431,10 +438,27 @@ class _Gen:
         return Formatter(cast(Callable[[StreamInfo], str], self.ns["_render"]), source)
 
 
-def compile_text(fmt: str, *, omit_empty_values: bool = False) -> Formatter:
-    """Compile an Envoy text format (a ``text_format_source`` string, usually "\\n"-terminated)."""
+def command_names(fmt: str, where: str = "format") -> list[str]:
+    """The command operators of a format, in order (``%%`` is not one); FormatError if the
+    format does not parse."""
+    return [p.name for p in _parse(fmt, where) if isinstance(p, _Command)]
+
+
+def literal(fmt: str) -> bytes | None:
+    """The bytes a format without commands stands for (``%%`` is ``%``), or None."""
+    pieces = _parse(fmt, "format")
+    if any(isinstance(p, _Command) for p in pieces):
+        return None
+    return "".join(p for p in pieces if isinstance(p, str)).encode()
+
+
+def compile_text(
+    fmt: str, *, omit_empty_values: bool = False, where: str = "access log format"
+) -> Formatter:
+    """Compile an Envoy text format (a ``text_format_source`` string, usually "\\n"-terminated).
+    ``where`` starts the error messages."""
     g = _Gen("" if omit_empty_values else "-")
-    return g.build(g.text(_parse(fmt, "access log format"), "access log format"))
+    return g.build(g.text(_parse(fmt, where), where))
 
 
 # -- json_format ------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 from udsproxy.accesslog.formatter import FormatError, compile_access_log
+from udsproxy.config import convert_shaping as shaping
 from udsproxy.config.datasource import decode_base64
 from udsproxy.config.schema import (
     AccessLog,
@@ -587,7 +588,7 @@ class _Converter:
                 "stat_prefix", "codec_type", "route_config", "access_log", "use_remote_address",
                 "xff_num_trusted_hops", "server_name", "max_request_headers_kb",
                 "common_http_protocol_options", "upgrade_configs", "stream_idle_timeout",
-                "http_filters",
+                "http_filters", "local_reply_config",
             ),
         )  # fmt: skip
         self.check_value(node, "codec_type", path, ("AUTO", "HTTP1"))
@@ -608,6 +609,10 @@ class _Converter:
             self.access_log(x, item(logs_path, i)) for i, x in enumerate(node.get("access_log", []))
         ]
         self.http_filters(node.get("http_filters", []), join(path, "http_filters"))
+        if "local_reply_config" in node:
+            kw["local_reply_config"] = shaping.local_reply_config(
+                self, node["local_reply_config"], join(path, "local_reply_config")
+            )
         return HttpConnectionManager(
             stat_prefix=node.get("stat_prefix", ""),
             route_config=self.route_config(
@@ -711,33 +716,57 @@ class _Converter:
     # --- routes ----------------------------------------------------------------------------------
 
     def route_config(self, node: Node, path: str) -> RouteConfiguration:
-        self.only(node, path, ("name", "virtual_hosts"))
+        fields = (
+            "name", "virtual_hosts", *shaping.HEADER_FIELDS,
+            "most_specific_header_mutations_wins", "max_direct_response_body_size_bytes",
+        )  # fmt: skip
+        self.only(node, path, fields)
+        limit = node.get(
+            "max_direct_response_body_size_bytes", shaping.DEFAULT_MAX_DIRECT_RESPONSE_BODY
+        )
         vhosts_path = join(path, "virtual_hosts")
         vhosts = [
-            self.virtual_host(x, item(vhosts_path, i))
+            self.virtual_host(x, item(vhosts_path, i), limit)
             for i, x in enumerate(node.get("virtual_hosts", []))
         ]
-        return RouteConfiguration(name=node.get("name", ""), virtual_hosts=tuple(vhosts))
+        return RouteConfiguration(
+            name=node.get("name", ""),
+            virtual_hosts=tuple(vhosts),
+            **shaping.header_fields(self, node, path),
+            **_pick(node, "most_specific_header_mutations_wins"),
+            max_direct_response_body_size_bytes=limit,
+        )
 
-    def virtual_host(self, node: Node, path: str) -> VirtualHost:
-        self.only(node, path, ("name", "domains", "routes"))
+    def virtual_host(self, node: Node, path: str, body_limit: int) -> VirtualHost:
+        self.only(node, path, ("name", "domains", "routes", *shaping.HEADER_FIELDS))
         routes_path = join(path, "routes")
-        routes = [self.route(x, item(routes_path, i)) for i, x in enumerate(node.get("routes", []))]
+        routes = [
+            self.route(x, item(routes_path, i), body_limit)
+            for i, x in enumerate(node.get("routes", []))
+        ]
         return VirtualHost(
             name=node.get("name", ""),
             domains=tuple(node.get("domains", ())),
             routes=tuple(x for x in routes if x is not None),
+            **shaping.header_fields(self, node, path),
         )
 
-    def route(self, node: Node, path: str) -> Route | None:
-        self.only(node, path, ("name", "match", "route"))
+    def route(self, node: Node, path: str, body_limit: int) -> Route | None:
+        fields = ("name", "match", "route", "direct_response", *shaping.HEADER_FIELDS)
+        self.only(node, path, fields)
         match = self.route_match(node.get("match", {}), join(path, "match"))
+        headers = shaping.header_fields(self, node, path)
+        if "direct_response" in node:
+            direct = shaping.direct_response(
+                self, node["direct_response"], join(path, "direct_response"), body_limit
+            )
+            return Route(match=match, direct_response=direct, **headers, **_pick(node, "name"))
         if "route" not in node:
             return None  # another action: refused above, or missing: reported by validate
         action = self.route_action(node["route"], join(path, "route"))
         if action is None:
             return None
-        return Route(match=match, route=action, **_pick(node, "name"))
+        return Route(match=match, route=action, **headers, **_pick(node, "name"))
 
     def route_match(self, node: Node, path: str) -> RouteMatch:
         self.only(node, path, ("prefix", "path", "safe_regex", "case_sensitive"))
@@ -754,11 +783,16 @@ class _Converter:
         return RouteMatch(**kw)
 
     def route_action(self, node: Node, path: str) -> RouteAction | None:
-        self.only(node, path, ("cluster", "timeout", "prefix_rewrite", "upgrade_configs"))
+        fields = (
+            "cluster", "timeout", "prefix_rewrite", "upgrade_configs",
+            *shaping.ROUTE_ACTION_FIELDS,
+        )  # fmt: skip
+        self.only(node, path, fields)
         if "cluster" not in node:
             return None  # another cluster_specifier: refused above
         self.route_clusters.append((join(path, "cluster"), node["cluster"]))
         kw = _pick(node, "cluster", "timeout", "prefix_rewrite")
+        kw.update(shaping.host_rewrite(self, node, path))
         return RouteAction(upgrade_configs=self.upgrades(node, path), **kw)
 
     # --- clusters --------------------------------------------------------------------------------
@@ -897,8 +931,9 @@ def route_cluster_refs(listener: Listener, path: str) -> Iterator[tuple[str, str
     vhosts_path = join(_hcm_path(path), "route_config.virtual_hosts")
     for i, vhost in enumerate(listener.http_connection_manager.route_config.virtual_hosts):
         for j, route in enumerate(vhost.routes):
-            route_path = item(join(item(vhosts_path, i), "routes"), j)
-            yield join(route_path, "route.cluster"), route.route.cluster
+            if route.route is not None:  # a direct_response names no cluster
+                route_path = item(join(item(vhosts_path, i), "routes"), j)
+                yield join(route_path, "route.cluster"), route.route.cluster
 
 
 def certificate_paths(listener: Listener, path: str) -> Iterator[tuple[str, TlsCertificate]]:

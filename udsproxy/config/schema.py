@@ -13,24 +13,31 @@ __all__ = [
     "DEFAULT_BUFFER_LIMIT",
     "DEFAULT_UPSTREAM_IDLE_TIMEOUT",
     "AccessLog",
+    "AccessLogFilter",
     "Address",
     "Admin",
     "Bootstrap",
     "Cluster",
     "DataSource",
+    "DirectResponse",
     "DownstreamTls",
     "DynamicResources",
     "Endpoint",
+    "HeaderMatcher",
+    "HeaderValueOption",
     "HttpConnectionManager",
     "Listener",
+    "LocalReplyConfig",
     "PathConfigSource",
     "Pipe",
+    "ResponseMapper",
     "Route",
     "RouteAction",
     "RouteConfiguration",
     "RouteMatch",
     "SanMatcher",
     "SocketAddress",
+    "SubstitutionFormat",
     "TlsCertificate",
     "UpgradeConfig",
     "UpstreamTls",
@@ -106,18 +113,47 @@ class RouteMatch:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HeaderValueOption:
+    """One entry of a ``*_headers_to_add`` list. ``value`` may hold Envoy format commands
+    (``%REQ(x)%``, ``%START_TIME%``...), compiled once by ``udsproxy.headers``."""
+
+    key: str  # lower case
+    value: str = ""
+    # APPEND_IF_EXISTS_OR_ADD | ADD_IF_ABSENT | OVERWRITE_IF_EXISTS_OR_ADD | OVERWRITE_IF_EXISTS
+    append_action: str = "APPEND_IF_EXISTS_OR_ADD"
+    keep_empty_value: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DirectResponse:
+    """A route's direct_response: the proxy answers itself, with no upstream."""
+
+    status: int
+    body: DataSource | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RouteAction:
     cluster: str
     timeout: float = 15.0  # 0 disables
     prefix_rewrite: str | None = None
     upgrade_configs: tuple[UpgradeConfig, ...] = ()
+    host_rewrite_literal: str | None = None
+    auto_host_rewrite: bool = False
+    host_rewrite_header: str | None = None  # lower case
+    append_x_forwarded_host: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Route:
     name: str = ""
     match: RouteMatch
-    route: RouteAction
+    route: RouteAction | None = None  # exactly one of route / direct_response is set
+    direct_response: DirectResponse | None = None
+    request_headers_to_add: tuple[HeaderValueOption, ...] = ()
+    request_headers_to_remove: tuple[str, ...] = ()
+    response_headers_to_add: tuple[HeaderValueOption, ...] = ()
+    response_headers_to_remove: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,12 +161,80 @@ class VirtualHost:
     name: str
     domains: tuple[str, ...]
     routes: tuple[Route, ...] = ()
+    request_headers_to_add: tuple[HeaderValueOption, ...] = ()
+    request_headers_to_remove: tuple[str, ...] = ()
+    response_headers_to_add: tuple[HeaderValueOption, ...] = ()
+    response_headers_to_remove: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RouteConfiguration:
     name: str = ""
     virtual_hosts: tuple[VirtualHost, ...] = ()
+    request_headers_to_add: tuple[HeaderValueOption, ...] = ()
+    request_headers_to_remove: tuple[str, ...] = ()
+    response_headers_to_add: tuple[HeaderValueOption, ...] = ()
+    response_headers_to_remove: tuple[str, ...] = ()
+    # False: route, then virtual host, then route configuration, so the least specific wins
+    most_specific_header_mutations_wins: bool = False
+    max_direct_response_body_size_bytes: int = 4096
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeaderMatcher:
+    """envoy.config.route.v3.HeaderMatcher. At most one of exact / prefix / suffix / contains /
+    safe_regex / present / range is set; none means "present"."""
+
+    name: str  # lower case; pseudo-headers (":method") allowed
+    exact: str | None = None
+    prefix: str | None = None
+    suffix: str | None = None
+    contains: str | None = None
+    safe_regex: str | None = None
+    present: bool | None = None
+    range: tuple[int, int] | None = None  # [start, end)
+    ignore_case: bool = False
+    invert_match: bool = False
+    treat_missing_header_as_empty: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccessLogFilter:
+    """One node of an envoy.config.accesslog.v3.AccessLogFilter tree (local_reply_config)."""
+
+    kind: str  # status_code | duration | header | response_flag | and | or | not_health_check
+    op: str = "EQ"  # status_code / duration: EQ | GE | LE
+    value: int = 0  # status_code, or duration in ms (runtime_key is not read: default_value)
+    header: HeaderMatcher | None = None
+    flags: tuple[str, ...] = ()  # response_flag: short names; () means any flag
+    filters: tuple[AccessLogFilter, ...] = ()  # and / or
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubstitutionFormat:
+    """A SubstitutionFormatString (local reply bodies): text or JSON, and its content type."""
+
+    text_format: str | None = None
+    json_format: dict[str, object] | None = None
+    omit_empty_values: bool = False
+    content_type: str = ""  # "" : text/plain for text, application/json for JSON
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResponseMapper:
+    filter: AccessLogFilter
+    status_code: int | None = None
+    body: DataSource | None = None
+    body_format_override: SubstitutionFormat | None = None
+    headers_to_add: tuple[HeaderValueOption, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalReplyConfig:
+    """http_connection_manager.local_reply_config: the first matching mapper rewrites."""
+
+    mappers: tuple[ResponseMapper, ...] = ()
+    body_format: SubstitutionFormat | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -147,6 +251,7 @@ class HttpConnectionManager:
     max_headers_count: int = 100
     upgrade_configs: tuple[UpgradeConfig, ...] = ()
     stream_idle_timeout: float = 300.0
+    local_reply_config: LocalReplyConfig | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

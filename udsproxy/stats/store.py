@@ -98,6 +98,7 @@ class HttpStats:
     downstream_rq_non_relative_path: int
     no_route: int
     no_cluster: int
+    rq_direct_response: int
     downstream_cx_active: int  # gauge
     downstream_cx_http1_active: int  # gauge
     downstream_cx_upgrades_active: int  # gauge
