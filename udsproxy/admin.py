@@ -29,6 +29,7 @@ from udsproxy.stats.render import render_json, render_prometheus, render_text
 
 if TYPE_CHECKING:
     from udsproxy.server import Server
+    from udsproxy.upstream import Host
 
 __all__ = ["AdminServer"]
 
@@ -256,12 +257,35 @@ async def _clusters(admin: AdminServer, q: dict[str, str]) -> tuple[int, str, by
             # Envoy's text form: cluster::host::stat::value
             lines += (f"{name}::{host.text}::{key}::{value}" for key, value in stats.items())
             lines.append(f"{name}::{host.text}::health_flags::healthy")
-            lines.append(f"{name}::{host.text}::weight::1")
-            hosts.append({"address": host.text, "stats": stats, "health_status": "HEALTHY"})
+            lines += _host_lines(f"{name}::{host.text}::", host)
+            hosts.append(
+                {"address": host.text, "stats": stats, "health_status": "HEALTHY", **_host(host)}
+            )
         out.append({"name": name, "added_via_api": False, "host_statuses": hosts})
     if q.get("format") == "json":
         return _json({"cluster_statuses": out})
     return _text("\n".join(lines) + "\n")
+
+
+def _host(host: Host) -> dict[str, Any]:
+    """A host's endpoint fields as Envoy's /clusters JSON has them."""
+    endpoint = host.endpoint
+    locality = endpoint.locality if endpoint is not None else None
+    out: dict[str, Any] = {"weight": host.weight, "hostname": host.hostname}
+    if locality is not None:
+        out["locality"] = {k: v for k, v in dataclasses.asdict(locality).items() if v}
+    return out
+
+
+def _host_lines(prefix: str, host: Host) -> list[str]:
+    """Envoy's text form of the same: weight, region, zone, sub_zone, hostname."""
+    locality = host.endpoint.locality if host.endpoint is not None else None
+    keys = ("region", "zone", "sub_zone")
+    return [
+        f"{prefix}weight::{host.weight}",
+        *(f"{prefix}{key}::{getattr(locality, key) if locality else ''}" for key in keys),
+        f"{prefix}hostname::{host.hostname}",
+    ]
 
 
 @_endpoint("/config_dump", "the running config as JSON")

@@ -32,6 +32,7 @@ from udsproxy.config import schema
 from udsproxy.config.isolated import load_isolated
 from udsproxy.config.load import ConfigSource
 from udsproxy.context import ListenerContext
+from udsproxy.dns import DNS_WARM_TIMEOUT
 from udsproxy.downstream import DownstreamConnection
 from udsproxy.errors import ConfigError
 from udsproxy.stats.peers import RestartCounter
@@ -233,9 +234,13 @@ class Server:
                 self.stats[
                     "cluster_manager.cluster_modified" if old else "cluster_manager.cluster_added"
                 ] += 1
+        built = [c for name, c in clusters.items() if c is not old_clusters.get(name)]
+        for cluster in built:
+            cluster.start()  # DNS clusters: first lookups
         fresh: dict[str, _ListenerSlot] = {}  # listeners that need a new socket
         contexts: dict[str, ListenerContext] = {}  # kept listeners whose config changed
         try:
+            await _warm(built)
             for config in new.listeners:
                 slot = self.slots.get(config.name)
                 if slot is None or slot.config.address != config.address:
@@ -260,6 +265,8 @@ class Server:
         except BaseException:
             for slot in fresh.values():
                 await self._close_slot(slot)
+            for cluster in built:
+                cluster.close()  # their DNS timers go with them
             raise
         # Swap: nothing below can fail on the config.
         self.clusters = clusters
@@ -561,6 +568,23 @@ def _rss_bytes() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+async def _warm(clusters: list[Cluster]) -> None:
+    """Envoy warms a DNS cluster (its first answers) before listeners serve it, and a changed
+    cluster before it replaces the old one. udsproxy waits at most DNS_WARM_TIMEOUT: a name
+    whose lookup takes longer joins its cluster when it answers (503 UH until then)."""
+    dns = [c for c in clusters if c.resolver is not None]
+    if not dns:
+        return
+    answered = await asyncio.gather(*(c.warm(DNS_WARM_TIMEOUT) for c in dns))
+    for cluster, ok in zip(dns, answered, strict=True):
+        if not ok:
+            log.warning(
+                "cluster '%s': no DNS answer within %gs; serving without its unresolved hosts",
+                cluster.name,
+                DNS_WARM_TIMEOUT,
+            )
 
 
 def _manager(kind: str) -> str:

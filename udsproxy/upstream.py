@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from udsproxy.config import schema
+from udsproxy.config.schema import SocketAddress as Sa
+from udsproxy.dns import Resolver
+from udsproxy.lb import schedule
 from udsproxy.splice import Splicer, splice_fds
 from udsproxy.stats.store import ClusterStats, SslStats
 from udsproxy.upstream_tls import ClusterTls
@@ -368,18 +371,44 @@ class Host:
     # Per-host counts for the admin's /clusters (Envoy's host stats), plain ints; rq_success and
     # rq_error come from the stats ledger (by ``ledger_key``).
     STATS = ("cx_total", "cx_active", "cx_connect_fail", "rq_total", "rq_timeout")
-    __slots__ = ("_timer", "address", "cluster", "idle", "ledger_key", "loop", "text", *STATS)
+    __slots__ = (
+        "_auto_host", "_timer", "address", "cluster", "endpoint", "hostname", "idle",
+        "ledger_key", "loop", "retired", "text", *STATS,
+    )  # fmt: skip
 
-    def __init__(self, cluster: Cluster, address: schema.Address) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        address: schema.Address,
+        endpoint: schema.Endpoint | None = None,
+        hostname: str = "",
+    ) -> None:
         self.cluster = cluster
         self.loop = cluster.loop
-        self.address = address
-        self.text = str(address)  # %UPSTREAM_HOST%: a pipe renders as its path
+        self.endpoint = endpoint  # its config: weight, locality, metadata (for /clusters)
+        # Envoy's host name: endpoint.hostname, else the DNS name it was resolved from
+        self.hostname = hostname or (endpoint.hostname if endpoint is not None else "")
+        self._auto_host = self.hostname.encode("idna") if self.hostname else None
+        self.retired = False  # left the DNS answer: busy connections finish, then close
         self.idle: collections.deque[UpstreamConnection] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
-        self.ledger_key = (cluster.stats, self.text)  # outlives this object across reloads
         self.cx_total = self.cx_active = self.cx_connect_fail = 0
         self.rq_total = self.rq_timeout = 0
+        self.set_address(address)
+
+    def set_address(self, address: schema.Address) -> None:
+        """Where new connections go (a LOGICAL_DNS host moves; its open connections stay)."""
+        self.address = address
+        self.text = str(address)  # %UPSTREAM_HOST%: a pipe renders as its path
+        self.ledger_key = (self.cluster.stats, self.text)  # outlives this object across reloads
+
+    @property
+    def weight(self) -> int:
+        return self.endpoint.load_balancing_weight if self.endpoint is not None else 1
+
+    def retire(self) -> None:
+        self.retired = True
+        self.close_idle()
 
     def stats(self, results: Sequence[int] = (0, 0)) -> dict[str, int]:
         """/clusters' numbers for this host; ``results`` is its [rq_success, rq_error] from the
@@ -392,7 +421,7 @@ class Host:
     def auto_host(self) -> bytes | None:
         """The Host that auto_host_rewrite sends to this endpoint: its host name, which only
         endpoints given by name have (DNS clusters); None leaves the Host as it is (Envoy)."""
-        return None
+        return self._auto_host
 
     def acquire(self) -> UpstreamConnection | None:
         idle = self.idle
@@ -407,7 +436,7 @@ class Host:
         max_rq = self.cluster.max_requests_per_connection
         if max_rq and conn.requests >= max_rq:
             self.cluster.stats.upstream_cx_max_requests += 1
-        if not conn.reusable or self.cluster.draining:
+        if not conn.reusable or self.cluster.draining or self.retired:
             conn.close()
             return
         if conn.transport is not None and conn.transport.is_reading() is False:
@@ -482,10 +511,19 @@ class Host:
 
 
 class Cluster:
-    """A named set of hosts, picked round robin."""
+    """A named set of hosts, picked (weighted) round robin.
+
+    STATIC: one host per endpoint. STRICT_DNS: one host per address each endpoint's name
+    resolves to; the set follows every answer (a host that leaves closes its idle connections,
+    its busy ones finish). LOGICAL_DNS: one host for the single endpoint, connecting to the first
+    address of the latest answer; connections already open stay where they are. Until a name
+    first resolves, its cluster has no host for it (503 UH, as Envoy).
+    """
 
     __slots__ = (
         "_rr",
+        "_schedule",
+        "_targets",
         "buffer_limit",
         "config",
         "connect_timeout",
@@ -495,6 +533,7 @@ class Cluster:
         "loop",
         "max_requests_per_connection",
         "name",
+        "resolver",
         "stats",
         "tls",
     )
@@ -514,7 +553,25 @@ class Cluster:
         self.idle_timeout = config.idle_timeout
         self.max_requests_per_connection = config.max_requests_per_connection
         self.buffer_limit = config.per_connection_buffer_limit_bytes
-        self.hosts = tuple(Host(self, ep.address) for ep in config.endpoints)
+        self.hosts: tuple[Host, ...] = ()
+        self._schedule: tuple[Host, ...] = ()  # one round of weighted round robin
+        self._targets: list[tuple[Host, ...]] = [() for _ in config.endpoints]  # per endpoint
+        self.resolver: Resolver | None = None
+        if config.type == "STATIC":
+            self._targets = [(Host(self, ep.address, ep),) for ep in config.endpoints]
+            self._rebuild()
+        else:
+            names = [ep.address.address for ep in config.endpoints if isinstance(ep.address, Sa)]
+            self.resolver = Resolver(
+                loop,
+                config.name,
+                names,
+                self._on_resolved,
+                self.stats,
+                family=config.dns_lookup_family,
+                refresh_rate=config.dns_refresh_rate,
+                failure_refresh_rate=config.dns_failure_refresh_rate,
+            )
         self.tls: ClusterTls | None = None  # transport_socket: its SSLContext, built once
         if config.tls is not None:
             if self.stats.ssl is None:
@@ -523,17 +580,67 @@ class Cluster:
         self._rr = 0
 
     def pick(self) -> Host | None:
-        hosts = self.hosts
+        hosts = self._schedule
         if not hosts:
             return None
         i = self._rr
         self._rr = i + 1 if i + 1 < len(hosts) else 0
         return hosts[i]
 
+    # -- service discovery -------------------------------------------------------------------
+    def start(self) -> None:
+        """Start resolving (DNS clusters; nothing to do for STATIC ones)."""
+        if self.resolver is not None:
+            self.resolver.start()
+
+    async def warm(self, timeout: float) -> bool:
+        """Wait, at most ``timeout`` seconds, for the first answer for every name."""
+        return self.resolver is None or await self.resolver.wait_initial(timeout)
+
+    def _on_resolved(self, i: int, addresses: tuple[str, ...]) -> bool:
+        endpoint = self.config.endpoints[i]
+        address = endpoint.address
+        assert isinstance(address, Sa)
+        old = self._targets[i]
+        if self.config.type == "LOGICAL_DNS":
+            if not addresses:
+                return False  # Envoy keeps the logical host on an empty answer
+            first = Sa(address=addresses[0], port_value=address.port_value)
+            if old:
+                if old[0].address == first:
+                    return False
+                old[0].set_address(first)
+            else:
+                self._targets[i] = (Host(self, first, endpoint, address.address),)
+            self._rebuild()
+            return True
+        if tuple(h.address.address for h in old) == addresses:  # type: ignore[union-attr]
+            return False
+        by_ip = {h.address.address: h for h in old}  # type: ignore[union-attr]
+        new = []
+        for ip in addresses:
+            host = by_ip.pop(ip, None)
+            if host is None:
+                at = Sa(address=ip, port_value=address.port_value)
+                host = Host(self, at, endpoint, address.address)
+            new.append(host)
+        for host in by_ip.values():
+            host.retire()
+        self._targets[i] = tuple(new)
+        self._rebuild()
+        return True
+
+    def _rebuild(self) -> None:
+        self.hosts = tuple(h for target in self._targets for h in target)
+        self._schedule = schedule([(h, h.weight) for h in self.hosts])
+        self._rr = 0
+
     def drain(self) -> None:
         self.draining = True
         self.close()
 
     def close(self) -> None:
+        if self.resolver is not None:
+            self.resolver.close()  # no lookup or timer outlives the cluster
         for host in self.hosts:
             host.close_idle()

@@ -29,6 +29,7 @@ from udsproxy.config.schema import (
     Endpoint,
     HttpConnectionManager,
     Listener,
+    Locality,
     PathConfigSource,
     Pipe,
     Route,
@@ -219,13 +220,18 @@ class _Converter:
 
     # --- addresses -------------------------------------------------------------------------------
 
-    def address(self, node: Node, path: str, *, listener: bool) -> Address | None:
+    def address(
+        self, node: Node, path: str, *, listener: bool, cluster_type: str = "STATIC"
+    ) -> Address | None:
         self.only(node, path, ("socket_address", "pipe"))
         if "pipe" in node:
+            if cluster_type != "STATIC":
+                note = f"a {cluster_type} cluster resolves socket_address names; use STATIC"
+                self.refuse(join(path, "pipe"), f"a pipe in a {cluster_type} cluster", note)
             return self.pipe(node["pipe"], join(path, "pipe"), listener=listener)
         if "socket_address" in node:
             return self.socket_address(
-                node["socket_address"], join(path, "socket_address"), listener
+                node["socket_address"], join(path, "socket_address"), listener, cluster_type
             )
         return None
 
@@ -247,18 +253,27 @@ class _Converter:
             self.error(join(path, "mode"), "not applicable to abstract sockets")
         return Pipe(path=sock_path, mode=mode)
 
-    def socket_address(self, node: Node, path: str, listener: bool) -> SocketAddress:
+    def socket_address(
+        self, node: Node, path: str, listener: bool, cluster_type: str = "STATIC"
+    ) -> SocketAddress:
+        """``cluster_type`` is the endpoint's cluster's type as written (STATIC if unset)."""
         self.only(node, path, ("address", "port_value", "protocol"))
         self.check_value(node, "protocol", path, ("TCP",))
         address: str = node.get("address", "")
-        try:
-            ipaddress.ip_address(address)
-        except ValueError:
-            if listener:
-                self.error(join(path, "address"), f"'{address}' is not an IP address")
-            else:
-                note = "STATIC clusters need an IP address"
-                self.refuse(join(path, "address"), f"hostname '{address}'", note)
+        if listener or cluster_type == "STATIC":
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                if listener:
+                    self.error(join(path, "address"), f"'{address}' is not an IP address")
+                else:
+                    note = (
+                        f"the cluster's type is {cluster_type}, which takes IP addresses;"
+                        " a host name needs type STRICT_DNS or LOGICAL_DNS"
+                    )
+                    self.refuse(join(path, "address"), f"hostname '{address}'", note)
+        elif not address:
+            self.error(join(path, "address"), f"is required (the name a {cluster_type} resolves)")
         return SocketAddress(address=address, port_value=node.get("port_value", 0))
 
     # --- listeners -------------------------------------------------------------------------------
@@ -801,16 +816,19 @@ class _Converter:
         fields = (
             "name", "type", "lb_policy", "connect_timeout", "per_connection_buffer_limit_bytes",
             "load_assignment", "typed_extension_protocol_options", "max_requests_per_connection",
-            "transport_socket",
+            "transport_socket", *_DNS_FIELDS,
         )  # fmt: skip
         self.only(node, path, fields)
-        self.check_value(node, "type", path, ("STATIC",))
+        self.check_value(node, "type", path, _CLUSTER_TYPES)
         self.check_value(node, "lb_policy", path, ("ROUND_ROBIN",))
         name: str = node.get("name", "")
+        written = node.get("type", "STATIC")
+        cluster_type = written if written in _CLUSTER_TYPES else "STATIC"
         endpoints = self.load_assignment(
-            node.get("load_assignment"), join(path, "load_assignment"), name
+            node.get("load_assignment"), join(path, "load_assignment"), name, cluster_type
         )
         kw = _pick(node, "connect_timeout", "per_connection_buffer_limit_bytes")
+        kw.update(self.dns_options(node, path, cluster_type, endpoints))
         options_path = join(path, "typed_extension_protocol_options")
         kw.update(
             self.protocol_options(node.get("typed_extension_protocol_options", {}), options_path)
@@ -827,29 +845,105 @@ class _Converter:
             kw["tls"] = self.upstream_tls(node["transport_socket"], join(path, "transport_socket"))
         return Cluster(name=name, endpoints=endpoints, **kw)
 
-    def load_assignment(self, node: Node | None, path: str, cluster: str) -> tuple[Endpoint, ...]:
+    def dns_options(
+        self, node: Node, path: str, cluster_type: str, endpoints: Sequence[Endpoint]
+    ) -> dict[str, Any]:
+        """type and the dns_* fields (udsproxy.dns). On a STATIC cluster Envoy ignores the
+        dns_* fields; so does udsproxy."""
+        kw: dict[str, Any] = _pick(node, "dns_lookup_family", "respect_dns_ttl")
+        kw["type"] = cluster_type
+        if cluster_type == "LOGICAL_DNS" and len(endpoints) > 1:
+            self.error(
+                join(path, "load_assignment"),
+                "LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single"
+                " lb_endpoint (Envoy's rule)",
+            )
+        if "dns_refresh_rate" in node:
+            rate: float = node["dns_refresh_rate"]
+            if rate < 0.001:
+                self.error(join(path, "dns_refresh_rate"), "must be at least 1ms (Envoy's rule)")
+            kw["dns_refresh_rate"] = rate
+        failure = node.get("dns_failure_refresh_rate")
+        if failure is not None:
+            failure_path = join(path, "dns_failure_refresh_rate")
+            self.only(failure, failure_path, ("base_interval", "max_interval"))
+            base: float = failure.get("base_interval", 0.0)
+            top: float = failure.get("max_interval", base * 10)
+            if base < 0.001:
+                self.error(join(failure_path, "base_interval"), "is required, at least 1ms")
+            elif top < base:
+                self.error(
+                    join(failure_path, "max_interval"),
+                    f"{top:g}s is below base_interval {base:g}s; it must be greater or equal",
+                )
+            kw["dns_failure_refresh_rate"] = (base, top)
+        return kw
+
+    def load_assignment(
+        self, node: Node | None, path: str, cluster: str, cluster_type: str = "STATIC"
+    ) -> tuple[Endpoint, ...]:
+        """Endpoints of every locality, flattened. STATIC clusters (and those whose type was
+        refused) want IP addresses, the DNS types names."""
         out: list[Endpoint] = []
         node = node or {}
         self.only(node, path, ("cluster_name", "endpoints"))
         for i, locality in enumerate(node.get("endpoints", [])):
             locality_path = item(join(path, "endpoints"), i)
-            self.only(locality, locality_path, ("lb_endpoints",))
+            self.only(locality, locality_path, _LOCALITY_FIELDS)
+            if "priority" in locality:  # only a non-zero one is present in the tree
+                self.refuse(
+                    join(locality_path, "priority"),
+                    f"priority {locality['priority']}",
+                    "only priority 0: failover between priorities needs health checks,"
+                    " which udsproxy does not support yet",
+                )
+            where = self.locality(locality, locality_path)
             for j, lb_endpoint in enumerate(locality.get("lb_endpoints", [])):
                 lb_path = item(join(locality_path, "lb_endpoints"), j)
-                self.only(lb_endpoint, lb_path, ("endpoint",))
+                self.only(lb_endpoint, lb_path, ("endpoint", "load_balancing_weight", "metadata"))
                 endpoint = lb_endpoint.get("endpoint", {})
-                self.only(endpoint, join(lb_path, "endpoint"), ("address",))
+                # health_check_config only steers active health checks (port, host name), which
+                # udsproxy refuses (cluster health_checks): without them it is inert in Envoy too.
+                self.only(endpoint, join(lb_path, "endpoint"), _ENDPOINT_FIELDS)
                 address_path = join(lb_path, "endpoint.address")
                 if "address" not in endpoint:
                     if "endpoint" in lb_endpoint:
                         self.error(address_path, "is required")
                     continue
-                address = self.address(endpoint["address"], address_path, listener=False)
+                address = self.address(
+                    endpoint["address"], address_path, listener=False, cluster_type=cluster_type
+                )
+                weight = lb_endpoint.get("load_balancing_weight", 1)
+                if weight < 1:
+                    self.error(join(lb_path, "load_balancing_weight"), "must be at least 1")
                 if address is not None:
-                    out.append(Endpoint(address=address))
+                    out.append(
+                        Endpoint(
+                            address=address,
+                            load_balancing_weight=max(weight, 1),
+                            hostname=endpoint.get("hostname", ""),
+                            metadata=_plain(lb_endpoint.get("metadata")),
+                            **where,
+                        )
+                    )
         if not out:
             self.error(path, f"cluster '{cluster}' has no endpoints")
         return tuple(out)
+
+    def locality(self, node: Node, path: str) -> dict[str, Any]:
+        """What an Endpoint keeps of its LocalityLbEndpoints (for /config_dump)."""
+        out: dict[str, Any] = {}
+        if "locality" in node:
+            self.only(node["locality"], join(path, "locality"), ("region", "zone", "sub_zone"))
+            out["locality"] = Locality(**_pick(node["locality"], "region", "zone", "sub_zone"))
+        if "load_balancing_weight" in node:
+            weight: int = node["load_balancing_weight"]
+            if weight < 1:
+                self.error(join(path, "load_balancing_weight"), "must be at least 1")
+            out["locality_load_balancing_weight"] = weight
+        if "metadata" in node:
+            out["locality_metadata"] = _plain(node["metadata"])
+        return out
 
     def protocol_options(self, options: Node, path: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -869,6 +963,36 @@ class _Converter:
             http1 = explicit.get("http_protocol_options", {})
             self.only(http1, join(explicit_path, "http_protocol_options"), ())
         return out
+
+
+def flatten(tree: object, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """A runtime static layer as dotted keys and string values, as Envoy flattens it."""
+    if isinstance(tree, Mapping):
+        for key, value in tree.items():
+            yield from flatten(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(tree, bool):
+        yield prefix, "true" if tree else "false"
+    elif isinstance(tree, float) and tree.is_integer():
+        yield prefix, str(int(tree))
+    elif tree is not None:
+        yield prefix, str(tree)
+
+
+_CLUSTER_TYPES = ("STATIC", "STRICT_DNS", "LOGICAL_DNS")
+_LOCALITY_FIELDS = ("lb_endpoints", "locality", "load_balancing_weight", "metadata", "priority")
+_ENDPOINT_FIELDS = ("address", "hostname", "health_check_config")
+_DNS_FIELDS = (
+    "dns_lookup_family", "dns_refresh_rate", "respect_dns_ttl", "dns_failure_refresh_rate",
+)  # fmt: skip
+
+
+def _plain(node: object) -> Any:
+    """A canonical subtree as plain dicts and lists (metadata kept for /config_dump)."""
+    if isinstance(node, Mapping):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [_plain(v) for v in node]
+    return node
 
 
 def _pick(node: Node, *keys: str) -> dict[str, Any]:

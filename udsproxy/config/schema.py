@@ -8,6 +8,7 @@ Durations are float seconds; 0.0 means "disabled" where Envoy says so.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "DEFAULT_BUFFER_LIMIT",
@@ -28,6 +29,7 @@ __all__ = [
     "HttpConnectionManager",
     "Listener",
     "LocalReplyConfig",
+    "Locality",
     "PathConfigSource",
     "Pipe",
     "ResponseMapper",
@@ -314,8 +316,27 @@ class DynamicResources:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Locality:
+    region: str = ""
+    zone: str = ""
+    sub_zone: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Endpoint:
+    """One lb_endpoint, flattened with what its LocalityLbEndpoints says about it.
+
+    In a STRICT_DNS/LOGICAL_DNS cluster ``address`` holds the name to resolve."""
+
     address: Address
+    load_balancing_weight: int = 1  # lb_endpoint's: honoured by round robin
+    hostname: str = ""  # endpoint.hostname: what auto_host_rewrite sends
+    metadata: dict[str, Any] | None = field(default=None, hash=False)  # lb_endpoint's
+    # From the LocalityLbEndpoints: kept for /config_dump. Its load_balancing_weight only acts
+    # with common_lb_config.locality_weighted_lb_config, which udsproxy refuses.
+    locality: Locality | None = None
+    locality_load_balancing_weight: int = 0  # 0: not set
+    locality_metadata: dict[str, Any] | None = field(default=None, hash=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -358,6 +379,12 @@ class Cluster:
     idle_timeout: float = DEFAULT_UPSTREAM_IDLE_TIMEOUT  # 0 disables
     max_requests_per_connection: int = 0  # 0 = unlimited
     tls: UpstreamTls | None = None  # transport_socket
+    # Service discovery (udsproxy.dns): endpoints are names unless STATIC.
+    type: str = "STATIC"  # STATIC | STRICT_DNS | LOGICAL_DNS
+    dns_lookup_family: str = "AUTO"  # Envoy's default (the v3 enum's zero value)
+    dns_refresh_rate: float = 5.0
+    respect_dns_ttl: bool = False  # accepted; getaddrinfo has no TTL: the refresh rate applies
+    dns_failure_refresh_rate: tuple[float, float] | None = None  # (base_interval, max_interval)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

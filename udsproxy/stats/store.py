@@ -199,6 +199,10 @@ class ClusterStats:
     upstream_rq_tx_reset: int
     upstream_rq_cancelled: int
     upstream_rq_pending_total: int
+    update_attempt: int  # DNS clusters (udsproxy.dns): lookups started
+    update_success: int
+    update_failure: int
+    update_no_rebuild: int  # a success that changed no host
     upstream_cx_active: int  # gauge
     upstream_rq_active: int  # gauge
     upstream_rq_pending_active: int  # gauge

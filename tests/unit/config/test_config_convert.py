@@ -128,7 +128,7 @@ def test_empty_bootstrap() -> None:
     ("cluster", "path", "message"),
     [
         ({"outlier_detection": {}}, "outlier_detection", REFUSED),
-        ({"type": "EDS"}, "type", f"'EDS' {REFUSED} (only STATIC)"),
+        ({"type": "EDS"}, "type", f"'EDS' {REFUSED} (only STATIC, STRICT_DNS, LOGICAL_DNS)"),
         ({"lb_policy": "MAGLEV"}, "lb_policy", f"'MAGLEV' {REFUSED} (only ROUND_ROBIN)"),
         ({"cluster_type": {"name": "x"}}, "cluster_type", REFUSED),
     ],

@@ -311,14 +311,11 @@ def test_corpus_lds_file_loads() -> None:
     assert resources.version_info == ""
 
 
-def test_corpus_cds_file_is_refused_by_path() -> None:
+def test_corpus_cds_file_loads_its_strict_dns_cluster() -> None:
     path = str(CORPUS / "dynamic-config-fs-cds.yaml")
-    assert rendered(load_resources, path, "cds") == [
-        f"{path}: resources[0].type: 'STRICT_DNS' {REFUSED} (only STATIC)",
-        f"{path}: resources[0].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address."
-        f"socket_address.address: hostname 'service1' {REFUSED} (STATIC clusters need an IP "
-        "address)",
-    ]
+    (cluster,) = load_resources(path, "cds").clusters
+    assert (cluster.name, cluster.type) == ("example_proxy_cluster", "STRICT_DNS")
+    assert cluster.endpoints[0].address == SocketAddress(address="service1", port_value=8080)
 
 
 def test_corpus_bootstrap_is_not_a_resource_file() -> None:
