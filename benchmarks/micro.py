@@ -10,6 +10,12 @@ so a change to the hot path shows up here as a stable number, and cProfile shows
     python -m benchmarks.micro --profile          # cProfile's top functions, log on
     python -m benchmarks.micro --browser -n 50000
 
+Instructions per request, repeatably: run it under callgrind twice with different -n, one mode
+at a time, and divide the difference by the difference in -n:
+
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null python -m benchmarks.micro \
+        --log on --repeat 1 -n 2000      # and again with -n 6000
+
 Not a test and not a benchmark of the whole proxy: the harness (python -m benchmarks) is that.
 """
 
@@ -214,12 +220,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--browser", action="store_true", help="a browser's request (16 headers)")
     ap.add_argument("--profile", action="store_true", help="cProfile the log-on run")
     ap.add_argument("--repeat", type=int, default=3, help="measurements per mode; the best counts")
+    ap.add_argument(
+        "--log",
+        choices=("both", "on", "off"),
+        default="both",
+        help="measure with the access log on, off, or both (callgrind: one mode a run)",
+    )
     args = ap.parse_args(argv)
     request = BROWSER_GET if args.browser else WRK_GET
     if args.profile:
         _run(args.n, request, log=True, profile=True)
         return 0
-    for log in (True, False):
+    for log in {"both": (True, False), "on": (True,), "off": (False,)}[args.log]:
         best = min(_run(args.n, request, log, False) for _ in range(args.repeat))
         print(f"access log {'on ' if log else 'off'}: {best:6.2f} µs of Python per request")
     return 0

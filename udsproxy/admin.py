@@ -1,9 +1,9 @@
 """Envoy's admin interface on its own listener (admin.address; bind it to loopback).
 
 GET:  /ready /server_info /stats (?filter= ?usedonly ?format=json|prometheus) /stats/prometheus
-      /clusters (?format=json) /config_dump /listeners (?format=json) / and /help
+      /clusters (?format=json) /config_dump /listeners (?format=json) /runtime / and /help
 POST: /healthcheck/fail /healthcheck/ok /drain_listeners (?graceful) /quitquitquit
-      /logging (?level= or ?<logger>=<level>) /reset_counters
+      /logging (?level= or ?<logger>=<level>) /reset_counters /runtime_modify (?key=value)
 A GET on a mutating endpoint is answered 400, as Envoy does.
 """
 
@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from udsproxy import __version__
+from udsproxy.accesslog.sink import build_access_loggers
 from udsproxy.config.schema import Pipe
 from udsproxy.server import pipe_gauges
 from udsproxy.stats.peers import PeerGroup, to_snapshot
 from udsproxy.stats.render import render_json, render_prometheus, render_text
+from udsproxy.streaminfo import Peer, StreamInfo
 
 if TYPE_CHECKING:
     from udsproxy.server import Server
@@ -51,6 +53,35 @@ def _endpoint(path: str, help_text: str, *, post: bool = False) -> Callable[[_Ha
     return register
 
 
+def _admin_request(
+    start: tuple[float, float],
+    method: str,
+    target: str,
+    version: str,
+    headers: dict[str, str],
+    status: int,
+    body: bytes,
+) -> StreamInfo:
+    """The record of one admin request, for admin.access_log."""
+    info = StreamInfo(*start)
+    info.end_mono = time.monotonic()
+    info.method = method.encode("latin-1")
+    info.path = target.encode("latin-1")
+    info.protocol = version
+    info.authority = headers.get("host", "").encode("latin-1")
+    info.request_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    info.response_code = status
+    info.bytes_sent = len(body)
+    return info
+
+
+def _peer(writer: asyncio.StreamWriter) -> Peer | None:
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple):
+        return Peer(peer[0], peer[1])
+    return Peer(peer, None) if isinstance(peer, str) and peer else None
+
+
 def _text(body: str, status: int = 200) -> tuple[int, str, bytes]:
     return status, "text/plain; charset=UTF-8", body.encode()
 
@@ -74,6 +105,9 @@ class AdminServer:
         self.options = options or {}
         self.healthcheck_failed = False
         self._srv: asyncio.AbstractServer | None = None
+        admin = server.bootstrap.admin
+        # admin.access_log: every admin request, formatted like a proxied one
+        self.access_loggers = build_access_loggers(admin.access_log if admin else (), server.sinks)
 
     async def start(self, **listen: Any) -> str:
         """Listen on TCP; returns the bound address as text."""
@@ -107,6 +141,7 @@ class AdminServer:
                 length = int(headers.get("content-length", "0") or 0)
                 if length:
                     await reader.readexactly(min(length, _MAX_HEAD))
+                start = time.time(), time.monotonic()
                 status, ctype, body = await self._dispatch(method, target)
                 close = version == "HTTP/1.0" or headers.get("connection", "").lower() == "close"
                 writer.write(
@@ -123,6 +158,11 @@ class AdminServer:
                 )
                 if method != "HEAD":
                     writer.write(body)
+                if self.access_loggers:
+                    info = _admin_request(start, method, target, version, headers, status, body)
+                    info.downstream_remote = info.downstream_direct_remote = _peer(writer)
+                    for logger in self.access_loggers:
+                        logger.log(info)
                 await writer.drain()
                 if close:
                     break
@@ -170,6 +210,8 @@ class AdminServer:
             await server.drain_listeners(graceful=arg == "graceful")
         elif command == "reset":
             server.reset_counters()
+        elif command == "runtime":
+            server.runtime.modify(json.loads(arg))
         elif command == "logging":
             for name, level in json.loads(arg).items():
                 logging.getLogger(name).setLevel(level)
@@ -375,6 +417,22 @@ async def _logging(admin: AdminServer, q: dict[str, str]) -> tuple[int, str, byt
             for n in sorted(k for k in logging.root.manager.loggerDict if k.startswith("udsproxy"))
         )
     )
+
+
+@_endpoint("/runtime", "print the runtime values (?format=json is the only format)")
+async def _runtime(admin: AdminServer, q: dict[str, str]) -> tuple[int, str, bytes]:
+    return _json(admin.server.runtime.dump())
+
+
+@_endpoint("/runtime_modify", "?key1=value1&key2=value2: set runtime values", post=True)
+async def _runtime_modify(admin: AdminServer, q: dict[str, str]) -> tuple[int, str, bytes]:
+    if not admin.server.runtime.has_admin_layer:
+        # Envoy's answer when layered_runtime has no admin_layer
+        return _text("No admin layer specified\n", 503)
+    if not q:
+        raise ValueError("usage: /runtime_modify?key1=value1&key2=value2")
+    await admin.peers.broadcast("runtime", json.dumps(q))
+    return _text("OK\n")
 
 
 @_endpoint("/reset_counters", "reset every counter to zero", post=True)

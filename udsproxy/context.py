@@ -11,9 +11,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from udsproxy import splice
 from udsproxy.config import schema
 from udsproxy.config.datasource import read as read_data_source
+from udsproxy.downstream import connection_class
+from udsproxy.filters import build_chain
+from udsproxy.filters.base import RuntimeOf
 from udsproxy.flags import ResponseFlag
 from udsproxy.localreply import LocalReplyRewriter
+from udsproxy.pathnorm import PathNormalizer
 from udsproxy.router import Router
+from udsproxy.runtime import Runtime
 from udsproxy.stats.store import BOUNDS, StatsStore
 from udsproxy.stream import Stream
 from udsproxy.streaminfo import Peer, StreamInfo
@@ -74,6 +79,22 @@ class ListenerContext:
             if hcm.local_reply_config is not None
             else None
         )
+        self.request_timeout = hcm.request_timeout
+        self.runtime: Runtime | None = None  # the server's, set by it (filters read keys)
+        self.generate_request_id = hcm.generate_request_id
+        # None unless a normalization is on: the data path tests one attribute
+        self.path_normalizer = (
+            PathNormalizer(
+                hcm.normalize_path, hcm.merge_slashes, hcm.path_with_escaped_slashes_action
+            )
+            if PathNormalizer.needed(
+                hcm.normalize_path, hcm.merge_slashes, hcm.path_with_escaped_slashes_action
+            )
+            else None
+        )
+        # headers_with_underscores_action: a connection class whose header callback checks
+        # names, so that the default (ALLOW) costs nothing per header
+        self.connection_class = connection_class(hcm.headers_with_underscores_action)
         self.listener_address = listener.address
         self.scheme = b"https" if listener.tls is not None else b"http"
         self.local_peer = Peer(str(listener.address), None)
@@ -91,6 +112,11 @@ class ListenerContext:
         self._tasks: set[asyncio.Task[None]] = set()
         store = stats if stats is not None else StatsStore()
         self.http_stats = store.http_for(hcm.stat_prefix)
+        # the http filters before the router; None when there are none (the stream's hooks
+        # then cost one attribute test each)
+        self.filters = build_chain(
+            hcm.http_filters, self.router, store, hcm.stat_prefix, RuntimeOf(self)
+        )
         self.listener_stats = store.listener_for(str(listener.address), hcm.stat_prefix)
         # per-request counting can be switched off to measure what it costs
         self.request_stats = request_stats
@@ -132,7 +158,12 @@ class ListenerContext:
 
     def new_stream(self, conn: DownstreamConnection) -> Stream:
         self.http_stats.downstream_rq_active += 1
-        return Stream(self, conn)
+        s = Stream(self, conn)
+        if self.request_timeout:
+            # the whole request, from its first byte; the route timeout replaces it at the end
+            s.deadline = self.loop.time() + self.request_timeout
+            conn.arm(s.deadline)
+        return s
 
     def observe(self, s: Stream) -> None:
         """The end of a request: observers read what it left behind and never fail it.

@@ -448,6 +448,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--site", type=Path, default=SITE_DIR, help="the site to serve (default: the sample blog)"
     )
+    p.add_argument(
+        "--config",
+        help="serve this Envoy bootstrap instead of the built-in one (e.g. the article's own "
+        "files: conf/article/envoy.yaml); its cluster must point at --socket",
+    )
     return p.parse_args(argv)
 
 
@@ -495,7 +500,7 @@ async def _run(args: argparse.Namespace) -> int:
             await builtin.start()
             upstream_desc = "the built-in upstream (udsproxy.demo.BuiltinUpstream)"
 
-        config = proxy_config(args.port, socket_path, args.address)
+        config: Any = args.config or proxy_config(args.port, socket_path, args.address)
         try:
             server = await Server.start(config)
         except OSError as e:

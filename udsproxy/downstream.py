@@ -31,6 +31,7 @@ __all__ = [
     "BLOCK_SPLICE",
     "BLOCK_UPSTREAM_WRITE",
     "DownstreamConnection",
+    "connection_class",
 ]
 
 BLOCK_UPSTREAM_WRITE = 1  # the upstream socket is backed up (slow upload)
@@ -534,6 +535,17 @@ class DownstreamConnection(asyncio.Protocol):
             return
         if self.queue:
             return
+        cur = self.cur
+        if cur is not None and cur.deadline:
+            # request_timeout while the head is still arriving
+            if cur.deadline <= now:
+                ctx.http_stats.downstream_rq_timeout += 1
+                self._error = http1.REQUEST_TIMEOUT
+                self._on_parse_error()
+                if self.active is None and self.queue:
+                    self._start_next()
+                return
+            self._arm(cur.deadline)
         if ctx.idle_timeout:
             deadline = self.last_io + ctx.idle_timeout
             if deadline <= now:
@@ -541,3 +553,36 @@ class DownstreamConnection(asyncio.Protocol):
                 self.close()
             else:
                 self._arm(deadline)
+
+
+class _DropUnderscores(DownstreamConnection):
+    """headers_with_underscores_action: DROP_HEADER."""
+
+    __slots__ = ()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if b"_" in name:
+            self.ctx.http_stats.http1_dropped_headers_with_underscores += 1
+            return
+        DownstreamConnection.on_header(self, name, value)
+
+
+class _RejectUnderscores(DownstreamConnection):
+    """headers_with_underscores_action: REJECT_REQUEST (400, as Envoy's HTTP/1 codec)."""
+
+    __slots__ = ()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if b"_" in name:
+            self.ctx.http_stats.http1_requests_rejected_with_underscores_in_headers += 1
+            self._reject(http1.UNDERSCORE_IN_HEADER)
+        DownstreamConnection.on_header(self, name, value)
+
+
+def connection_class(underscores_action: str) -> type[DownstreamConnection]:
+    """The connection class for a connection manager's headers_with_underscores_action."""
+    if underscores_action == "DROP_HEADER":
+        return _DropUnderscores
+    if underscores_action == "REJECT_REQUEST":
+        return _RejectUnderscores
+    return DownstreamConnection

@@ -23,11 +23,15 @@ __all__ = [
     "NO_CLUSTER",
     "NO_HEALTHY_UPSTREAM",
     "NO_ROUTE",
+    "PATH_NORMALIZATION_FAILED",
+    "PATH_NORMALIZATION_REDIRECT",
     "REQUEST_SANITIZED",
+    "REQUEST_TIMEOUT",
     "SPECIAL_REQUEST_HEADERS",
     "STATUS_LINES",
     "STREAM_IDLE_TIMEOUT",
     "TOO_MANY_HEADERS",
+    "UNDERSCORE_IN_HEADER",
     "UPGRADE_FAILED",
     "UPSTREAM_PROTOCOL_ERROR",
     "UPSTREAM_TIMEOUT",
@@ -182,3 +186,7 @@ BAD_REQUEST = _codec_error(400, "http1.codec_error")
 MISSING_HOST = _codec_error(400, "missing_host_header")
 HEADERS_TOO_LARGE = _codec_error(431, "http1.headers_too_large")
 TOO_MANY_HEADERS = _codec_error(431, "http1.too_many_headers")
+UNDERSCORE_IN_HEADER = _codec_error(400, "http1.unexpected_underscore")
+PATH_NORMALIZATION_FAILED = LocalReply(400, "", 0, "path_normalization_failed")
+PATH_NORMALIZATION_REDIRECT = LocalReply(307, "", 0, "path_normalization_redirect")
+REQUEST_TIMEOUT = LocalReply(408, "request timeout", 0, "request_overall_timeout")

@@ -11,6 +11,7 @@ virtual host are tried in order; the first match wins. Paths are matched without
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from udsproxy import http1
 from udsproxy.config import schema
@@ -64,6 +65,9 @@ class CompiledRoute:
         "cluster",
         "direct_response",
         "expected_timeout_header",
+        "filter_configs",
+        "filter_levels",
+        "idle_timeout",
         "name",
         "prefix",
         "prefix_rewrite",
@@ -85,6 +89,11 @@ class CompiledRoute:
         action = route.route if route.route is not None else _NO_ACTION
         self.name = route.name or None
         self.vhost_name = vhost.name
+        # typed_per_filter_config, route level first: what filters.FilterChain compiles into
+        # filter_configs (filter name -> what that filter made of them)
+        levels = ({f.name: f.config for f in x.typed_per_filter_config} for x in (route, vhost))
+        self.filter_levels = tuple(x for x in levels if x)
+        self.filter_configs: dict[str, Any] = {}
         wins = config.most_specific_header_mutations_wins
         request = compile_mutations(
             _levels(route, vhost, config, "request"), most_specific_wins=wins
@@ -101,6 +110,7 @@ class CompiledRoute:
         self.direct_response = _direct_response(route.direct_response, config)
         self.cluster = action.cluster
         self.timeout = action.timeout
+        self.idle_timeout = action.idle_timeout
         ms = int(action.timeout * 1000)
         # Envoy sends the route timeout upstream whenever it is set.
         self.expected_timeout_header = (
@@ -210,8 +220,10 @@ class Router:
         suffixes: list[tuple[bytes, _VirtualHost]] = []
         prefixes: list[tuple[bytes, _VirtualHost]] = []
         self._default: _VirtualHost | None = None
+        self._vhosts: list[_VirtualHost] = []
         for vh in config.virtual_hosts:
             compiled = _VirtualHost(vh, hcm_upgrades, config)
+            self._vhosts.append(compiled)
             for domain in vh.domains:
                 d = domain.lower().encode()
                 if d == b"*":
@@ -226,6 +238,10 @@ class Router:
         self._suffixes = sorted(suffixes, key=lambda s: -len(s[0]))
         self._prefixes = sorted(prefixes, key=lambda p: -len(p[0]))
         self._host_cache: dict[bytes, _VirtualHost | None] = {}
+
+    def routes(self) -> list[CompiledRoute]:
+        """Every route, once (for what is compiled per route after the table, e.g. filters)."""
+        return [m.route for vh in self._vhosts for m in vh.matchers]
 
     def _find_vhost(self, host: bytes) -> _VirtualHost | None:
         vh = self._exact.get(host)

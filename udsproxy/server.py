@@ -35,6 +35,7 @@ from udsproxy.context import ListenerContext
 from udsproxy.dns import DNS_WARM_TIMEOUT
 from udsproxy.downstream import DownstreamConnection
 from udsproxy.errors import ConfigError
+from udsproxy.runtime import Runtime
 from udsproxy.stats.peers import RestartCounter
 from udsproxy.stats.store import Raw, StatsStore
 from udsproxy.tls import TlsContexts
@@ -45,6 +46,7 @@ __all__ = ["DEFAULT_SPLICE_MIN_BYTES", "Server"]
 log = logging.getLogger("udsproxy.server")
 
 _BACKLOG = 1024
+_RUNTIME_POLL_S = 2.0  # how often disk runtime layers are re-read
 # Below this a body is relayed through Python (memoryview, no copies of our own); above it
 # splice(2) moves it kernel-side. The benchmark issue measures where the crossover is.
 DEFAULT_SPLICE_MIN_BYTES = 256 * 1024
@@ -75,7 +77,7 @@ class _ListenerSlot:
             self.server.close()
 
     def new_connection(self) -> DownstreamConnection:
-        return DownstreamConnection(self.ctx)
+        return self.ctx.connection_class(self.ctx)
 
     def contexts(self) -> list[ListenerContext]:
         return [self.ctx, *self.old]
@@ -112,6 +114,8 @@ class Server:
         self.inherited = dict(inherited or {})
         self.announce = announce
         self.sinks = SinkRegistry()
+        self.runtime = Runtime(bootstrap.layered_runtime)
+        self._runtime_timer: asyncio.TimerHandle | None = None
         self.clusters: dict[str, Cluster] = {}
         self.slots: dict[str, _ListenerSlot] = {}
         # Envoy's names; the admin issue publishes them.
@@ -121,6 +125,7 @@ class Server:
         self._drain_timer: asyncio.TimerHandle | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
+        self._watch_runtime()
 
     # -- start -------------------------------------------------------------------------------
     @classmethod
@@ -211,7 +216,18 @@ class Server:
             )
             return True
 
+    def _watch_runtime(self) -> None:
+        """Re-read disk runtime layers every few seconds (Envoy watches their symlink)."""
+        self._runtime_timer = None
+        if any(layer.kind == "disk" for layer in self.runtime.layers) and not self._stopping:
+            self.runtime.refresh()
+            self._runtime_timer = self.loop.call_later(_RUNTIME_POLL_S, self._watch_runtime)
+
     def _record_versions(self, bootstrap: schema.Bootstrap) -> None:
+        if bootstrap.layered_runtime != self.runtime.layers:
+            self.runtime.set_layers(bootstrap.layered_runtime)
+            if self._runtime_timer is None:
+                self._watch_runtime()
         self.bootstrap = bootstrap
         for kind, version in (("cds", bootstrap.cds_version), ("lds", bootstrap.lds_version)):
             # Envoy's `version` stat is a hash of version_info; we keep the text beside it.
@@ -314,7 +330,7 @@ class Server:
 
     def _context(self, config: schema.Listener, clusters: dict[str, Cluster]) -> ListenerContext:
         loggers = build_access_loggers(config.http_connection_manager.access_log, self.sinks)
-        return ListenerContext(
+        ctx = ListenerContext(
             config,
             clusters,
             loggers,
@@ -325,6 +341,8 @@ class Server:
             request_stats=self.request_stats,
             batched=True,
         )
+        ctx.runtime = self.runtime
+        return ctx
 
     async def _start_slot(
         self, config: schema.Listener, clusters: dict[str, Cluster]
@@ -476,6 +494,9 @@ class Server:
             return
         self._stopping = True
         self.state = "DRAINING"
+        if self._runtime_timer is not None:
+            self._runtime_timer.cancel()
+            self._runtime_timer = None
         if self._drain_timer is not None:
             self._drain_timer.cancel()
             self._drain_timer = None

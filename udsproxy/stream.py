@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import httptools
@@ -27,6 +28,8 @@ from udsproxy.upstream_tls import TlsConnectError
 if TYPE_CHECKING:
     from udsproxy.context import ListenerContext
     from udsproxy.downstream import DownstreamConnection
+    from udsproxy.filters.base import BodyCoder, FilterState
+    from udsproxy.pathnorm import PathNormalizer
     from udsproxy.router import CompiledRoute, RequestShaping
     from udsproxy.upstream import Host, UpstreamConnection
 
@@ -84,6 +87,7 @@ class Stream(StreamInfo):
         "done",
         "error",
         "expect_continue",
+        "filter_state",
         "head",
         "headers",
         "host",
@@ -94,8 +98,10 @@ class Stream(StreamInfo):
         "nominated",
         "req_chunked",
         "req_cl",
+        "req_coder",
         "request_complete",
         "request_id_seen",
+        "resp_coder",
         "response_has_no_body",
         "response_started",
         "retain_body",
@@ -141,6 +147,10 @@ class Stream(StreamInfo):
         self.retain_body = True
         # proxying state
         self.route: CompiledRoute | None = None
+        # http filters (udsproxy.filters): None unless the listener has some and they act
+        self.filter_state: FilterState | None = None
+        self.req_coder: BodyCoder | None = None  # request body decompression
+        self.resp_coder: BodyCoder | None = None  # response body (de)compression
         self.host: Host | None = None
         self.upstream: UpstreamConnection | None = None
         self.head = b""
@@ -237,6 +247,11 @@ class Stream(StreamInfo):
     def on_request_body(self, data: bytes) -> None:
         n = len(data)
         self.bytes_received += n
+        if self.req_coder is not None:
+            data = self.req_coder.encode(data)
+            n = len(data)
+            if not n:
+                return  # an empty chunk would end a chunked body
         up = self.upstream
         if self.retain_body:
             conn = self.conn
@@ -257,7 +272,14 @@ class Stream(StreamInfo):
                 up.transport.write(data)
 
     def on_request_complete(self) -> None:
+        if self.req_coder is not None:
+            coder, self.req_coder = self.req_coder, None
+            tail = coder.finish()
+            if tail:
+                self.bytes_received -= len(tail)  # counted when received, not when inflated
+                self.on_request_body(tail)
         self.request_complete = True
+        self.deadline = 0.0  # request_timeout's, if any: the route timeout starts now
         self.last_downstream_rx_mono = time.monotonic()
         up = self.upstream
         if up is not None and up.transport is not None:
@@ -287,7 +309,17 @@ class Stream(StreamInfo):
             return
         self._mutate_request_headers()
         ctx = self.ctx
+        if ctx.path_normalizer is not None and not self._normalize_path(ctx.path_normalizer):
+            return
         route = ctx.router.match(self.authority, self.path)
+        if ctx.filters is not None and ctx.filters.decode_headers(self, route):
+            return  # a filter answered, or holds the request until it calls resume()
+        self.resume(route)
+
+    def resume(self, route: CompiledRoute | None) -> None:
+        """The router's part: after the http filters, or when one that held the request lets
+        it go (fault delay)."""
+        ctx = self.ctx
         if route is None:
             self._local_reply(http1.NO_ROUTE)
             return
@@ -323,6 +355,20 @@ class Stream(StreamInfo):
         if self.request_complete:
             self._arm_route_timeout()
 
+    def _normalize_path(self, normalize: PathNormalizer) -> bool:
+        """The connection manager's path normalization; False if it answered the request."""
+        result = normalize(self.path)
+        if result.reject:
+            self.ctx.http_stats.downstream_rq_failed_path_normalization += 1
+            self._local_reply(http1.PATH_NORMALIZATION_FAILED, close=True)
+            return False
+        self.path = result.path
+        if result.redirect:
+            self.ctx.http_stats.downstream_rq_redirected_with_normalized_path += 1
+            self._local_reply(http1.PATH_NORMALIZATION_REDIRECT, location=result.path)
+            return False
+        return True
+
     def _mutate_request_headers(self) -> None:
         """What Envoy's connection manager does before routing, so every log line has it."""
         ctx = self.ctx
@@ -338,7 +384,7 @@ class Stream(StreamInfo):
             headers.append((b"x-forwarded-for", xff))
         trusted_xfp = self.xfp if hops and self.xfp is not None else ctx.scheme
         headers.append((b"x-forwarded-proto", trusted_xfp))
-        if not self.request_id_seen:
+        if not self.request_id_seen and ctx.generate_request_id:
             headers.append((b"x-request-id", request_id()))
         self.request_headers = headers
 
@@ -463,6 +509,9 @@ class Stream(StreamInfo):
         if route is not None and route.timeout > 0 and self.upgrade is None:
             self.deadline = self.ctx.loop.time() + route.timeout
             self.conn.arm(self.deadline)
+        if route is not None and route.idle_timeout:
+            # shorter than the route timeout, possibly: wake for it (check_timeouts re-arms)
+            self.conn.arm(self.conn.last_io + route.idle_timeout)
 
     # -- the response (called by UpstreamConnection) -----------------------------------------
     def on_response_interim(self, up: UpstreamConnection) -> None:
@@ -494,6 +543,9 @@ class Stream(StreamInfo):
                 ust = None
             self.response_headers = headers
             route.response_mutations.apply(headers, self)
+        length = up.content_length
+        if self.filter_state is not None:  # CORS headers, compression: after the router's
+            length = self.filter_state.encode_headers(self, code, headers, length)
         parts = [http1.status_line(code)]
         for name, value in headers:
             parts += (name, b": ", value, _CRLF)
@@ -513,9 +565,9 @@ class Stream(StreamInfo):
             self.close_after = True  # the parser stopped at the upgrade request
         no_body = self.is_head or code == 204 or code == 304
         self.response_has_no_body = no_body
-        if up.content_length >= 0:
+        if length >= 0:
             if code != 204:
-                parts.append(b"content-length: %d\r\n" % up.content_length)
+                parts.append(b"content-length: %d\r\n" % length)
         elif no_body:
             pass
         elif self.http10:
@@ -533,6 +585,10 @@ class Stream(StreamInfo):
         self.conn.write(b"".join(parts))
 
     def on_response_body(self, data: bytes | memoryview) -> None:
+        if self.resp_coder is not None:
+            data = self.resp_coder.encode(data)
+            if not data:
+                return  # an empty chunk would end a chunked body
         n = len(data)
         self.bytes_sent += n
         conn = self.conn
@@ -544,12 +600,23 @@ class Stream(StreamInfo):
         else:
             conn.write(data)
 
+    def _flush_coder(self) -> None:
+        """The end of a transformed body: what the coder still holds goes out last."""
+        coder = self.resp_coder
+        assert coder is not None
+        self.resp_coder = None
+        tail = coder.finish()
+        if tail:
+            self.on_response_body(tail)
+
     def on_spliced(self, n: int) -> None:
         self.bytes_sent += n
         self.conn.last_io = self.ctx.loop.time()
         self.ctx.http_stats.downstream_cx_tx_bytes_total += n
 
     def on_response_complete(self, up: UpstreamConnection) -> None:
+        if self.resp_coder is not None:
+            self._flush_coder()
         if self.chunked_out:
             self.conn.write(_LAST_CHUNK)
         self.upstream = None
@@ -646,6 +713,8 @@ class Stream(StreamInfo):
         if self.response_started:
             if up.in_body and up.content_length < 0 and not up.resp_chunked:
                 # A close-delimited body ends with the connection.
+                if self.resp_coder is not None:
+                    self._flush_coder()
                 if self.chunked_out:
                     self.conn.write(_LAST_CHUNK)
                 self._finish(self.close_after)
@@ -670,9 +739,16 @@ class Stream(StreamInfo):
     def check_timeouts(self, now: float) -> float:
         """Called by the connection's timer; returns the next deadline to wake for (0: none)."""
         if self.deadline and now >= self.deadline:
-            self._timeout(http1.UPSTREAM_TIMEOUT)
+            if self.request_complete:
+                self._timeout(http1.UPSTREAM_TIMEOUT)
+            else:
+                self.ctx.http_stats.downstream_rq_timeout += 1
+                self._timeout(http1.REQUEST_TIMEOUT)
             return 0.0
+        route = self.route
         idle = self.ctx.stream_idle_timeout
+        if route is not None and route.idle_timeout is not None:
+            idle = route.idle_timeout
         nxt = self.deadline
         if idle:
             idle_at = self.conn.last_io + idle
@@ -746,7 +822,19 @@ class Stream(StreamInfo):
                 up.abort()  # mid-request: never reusable
 
     # -- endings ---------------------------------------------------------------------------------
-    def _local_reply(self, reply: http1.LocalReply, close: bool = False) -> None:
+    def send_local_reply(
+        self, reply: http1.LocalReply, headers: Sequence[tuple[bytes, bytes]] = ()
+    ) -> None:
+        """A reply from an http filter (CORS preflight, fault abort, RBAC denial)."""
+        self._local_reply(reply, extra=headers)
+
+    def _local_reply(
+        self,
+        reply: http1.LocalReply,
+        close: bool = False,
+        location: bytes | None = None,
+        extra: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
         self.response_code = reply.code
         self.response_code_details = reply.details
         self.response_flags |= reply.flag
@@ -770,6 +858,12 @@ class Stream(StreamInfo):
             for name, value in shaped:
                 parts += (name, b": ", value, _CRLF)
             headers += shaped
+        if location is not None:
+            parts += (b"location: ", location, _CRLF)
+            headers.append((b"location", location))
+        for name, value in extra:
+            parts += (name, b": ", value, _CRLF)
+            headers.append((name, value))
         parts.append(http1.date_header())
         parts.append(self.ctx.server_header)
         headers.append(self.ctx.server_header_tuple)
@@ -819,6 +913,8 @@ class Stream(StreamInfo):
             return
         self.done = True
         self.end_mono = time.monotonic()
+        if self.filter_state is not None:
+            self.filter_state.close()  # a fault delay's timer, an active-fault slot
         if self.tunnel_splice is not None:
             self.tunnel_splice.cancel()
             self.tunnel_splice = None

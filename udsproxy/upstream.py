@@ -137,7 +137,12 @@ class UpstreamConnection(asyncio.Protocol):
         finally:
             downstream.uncork()
         splice_min = stream.ctx.splice_response_min
-        if splice_min and self.body_remaining >= splice_min and not stream.chunked_out:
+        if (
+            splice_min
+            and self.body_remaining >= splice_min
+            and not stream.chunked_out
+            and stream.resp_coder is None  # a transformed body must pass through Python
+        ):
             self._start_splice(stream)
 
     def _start_splice(self, stream: Stream) -> None:

@@ -245,3 +245,32 @@ def test_demo_without_nginx_says_so(
     monkeypatch.setattr(demo, "find_nginx", lambda: None)
     assert demo.main(["--upstream", "nginx", "--socket", sock_path("x")]) == 1
     assert "nginx is not installed" in capsys.readouterr().err
+
+
+def test_demo_serves_the_articles_own_cds_file(tmp_path: Path) -> None:
+    """conf/article/cds.yaml as the article wrote it (v2 @type, "type: static", lower case)
+    serves the demo: nginx on /dev/shm/hugo.sock, the cluster from that file unchanged. The
+    listener file is copied with port 0 so the test never takes the demo's port 10000."""
+    require(find_nginx() is not None, "nginx is not installed")
+    socket_path = "/dev/shm/hugo.sock"
+    require(not unix_socket_live(socket_path), f"{socket_path} is in use by a running demo")
+    article = Path(__file__).resolve().parents[2] / "conf" / "article"
+    lds = (article / "lds.yaml").read_text().replace("port_value: 10000", "port_value: 0")
+    (tmp_path / "lds.yaml").write_text(lds.replace("0.0.0.0", "127.0.0.1"))
+    bootstrap = (article / "envoy.yaml").read_text()
+    bootstrap = bootstrap.replace("conf/article/cds.yaml", str(article / "cds.yaml"))
+    bootstrap = bootstrap.replace("conf/article/lds.yaml", str(tmp_path / "lds.yaml"))
+    (tmp_path / "envoy.yaml").write_text(bootstrap)
+    d = DemoProcess("--config", str(tmp_path / "envoy.yaml"), "--upstream", "nginx")
+    try:
+        m = re.match(r"http://([^:/]+):(\d+)/", d.url())
+        assert m
+        resp = get((m[1], int(m[2])), "/", headers={"User-Agent": "article-cds"})
+        assert resp.status == 200 and resp.body == SITE_INDEX
+        assert wait_until(lambda: any("article-cds" in line for line in d.out), 5)
+        line = next(line for line in d.out if "article-cds" in line)
+        assert line.rstrip().endswith(f'"{socket_path}"'), line
+        assert "deprecated v2 form 'type.googleapis.com/envoy.api.v2.Cluster'" in "".join(d.err)
+    finally:
+        rc = d.stop()
+    assert rc == 0, "".join(d.err)

@@ -14,6 +14,7 @@ import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
+import udsproxy.filters as http_filter_types
 from udsproxy.accesslog.formatter import FormatError, compile_access_log
 from udsproxy.config import convert_shaping as shaping
 from udsproxy.config.datasource import decode_base64
@@ -28,6 +29,7 @@ from udsproxy.config.schema import (
     DynamicResources,
     Endpoint,
     HttpConnectionManager,
+    HttpFilter,
     Listener,
     Locality,
     PathConfigSource,
@@ -36,6 +38,7 @@ from udsproxy.config.schema import (
     RouteAction,
     RouteConfiguration,
     RouteMatch,
+    RuntimeLayer,
     SanMatcher,
     SocketAddress,
     TlsCertificate,
@@ -45,6 +48,7 @@ from udsproxy.config.schema import (
 )
 from udsproxy.config.validate import entry, item, join
 from udsproxy.errors import ConfigError
+from udsproxy.filters import cors as cors_filter
 
 __all__ = [
     "REFUSED", "Converted", "certificate_paths", "convert", "convert_resources",
@@ -66,6 +70,10 @@ DATA_SOURCE_KINDS = ("filename", "inline_bytes", "inline_string", "environment_v
 STRING_MATCHER_KINDS = ("exact", "prefix", "suffix", "contains", "safe_regex")
 SAN_TYPES = ("DNS", "URI", "IP_ADDRESS", "EMAIL")
 REFUSED = "not supported by udsproxy"
+_STREAM_ACCESS_LOGS = {
+    "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog": "/dev/stdout",
+    "envoy.extensions.access_loggers.stream.v3.StderrAccessLog": "/dev/stderr",
+}
 _ALPN_PATH = "typed_config.common_tls_context.alpn_protocols"
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes including the NUL
 
@@ -103,8 +111,11 @@ class _Converter:
 
     def bootstrap(self, root: Node) -> Bootstrap:
         # node is identity only: harmless
-        self.only(root, "", ("static_resources", "dynamic_resources", "node", "admin"))
+        self.only(
+            root, "", ("static_resources", "dynamic_resources", "node", "admin", "layered_runtime")
+        )
         admin = self.admin(root.get("admin"), "admin")
+        runtime = self.layered_runtime(root.get("layered_runtime", {}), "layered_runtime")
         static = root.get("static_resources", {})
         self.only(static, "static_resources", ("listeners", "clusters"))
         dynamic = self.dynamic_resources(root.get("dynamic_resources"), "dynamic_resources")
@@ -131,6 +142,7 @@ class _Converter:
             # With CDS, routes may name its clusters: dynamic.resolve checks the merged set.
             self.check_route_clusters(cluster_names)
         return Bootstrap(
+            layered_runtime=runtime,
             listeners=tuple(x for x in listeners if x is not None),
             clusters=tuple(clusters),
             dynamic_resources=dynamic,
@@ -138,16 +150,48 @@ class _Converter:
             warnings=tuple(self.warnings),
         )
 
+    def layered_runtime(self, node: Node, path: str) -> tuple[RuntimeLayer, ...]:
+        self.only(node, path, ("layers",))
+        layers: list[RuntimeLayer] = []
+        for i, layer in enumerate(node.get("layers", [])):
+            layer_path = item(join(path, "layers"), i)
+            self.only(layer, layer_path, ("name", "static_layer", "disk_layer", "admin_layer"))
+            name = layer.get("name", "")
+            if "static_layer" in layer:
+                values = dict(flatten(layer["static_layer"]))
+                layers.append(RuntimeLayer(name=name, kind="static", values=values))
+            elif "disk_layer" in layer:
+                disk = layer["disk_layer"]
+                disk_path = join(layer_path, "disk_layer")
+                # append_service_cluster needs --service-cluster, which udsproxy does not take
+                self.only(disk, disk_path, ("symlink_root", "subdirectory"))
+                kw = _pick(disk, "symlink_root", "subdirectory")
+                layers.append(RuntimeLayer(name=name, kind="disk", **kw))
+            elif "admin_layer" in layer:
+                layers.append(RuntimeLayer(name=name, kind="admin"))
+        layers_path = join(path, "layers")
+        self.unique([(item(layers_path, i), x.name) for i, x in enumerate(layers)], "layer")
+        return tuple(layers)
+
     def admin(self, node: Node | None, path: str) -> Admin | None:
         """The admin interface: an address of its own (never a proxy listener's)."""
         if node is None:
             return None
-        self.only(node, path, ("address",))
+        self.only(node, path, ("address", "access_log", "access_log_path"))
+        logs_path = join(path, "access_log")
+        logs = [
+            self.access_log(x, item(logs_path, i)) for i, x in enumerate(node.get("access_log", []))
+        ]
+        if "access_log_path" in node:
+            self.deprecated(join(path, "access_log_path"), "access_log")
+            logs.append(AccessLog(path=node["access_log_path"]))
+        access_log = tuple(x for x in logs if x is not None)
         address = node.get("address")
         if address is None:
-            return Admin(address=SocketAddress(address="127.0.0.1", port_value=9901))
+            default = SocketAddress(address="127.0.0.1", port_value=9901)
+            return Admin(address=default, access_log=access_log)
         converted = self.address(address, join(path, "address"), listener=True)
-        return Admin(address=converted) if converted is not None else None
+        return Admin(address=converted, access_log=access_log) if converted is not None else None
 
     def check_route_clusters(self, cluster_names: Collection[str]) -> None:
         for path, name in self.route_clusters:
@@ -279,9 +323,11 @@ class _Converter:
     # --- listeners -------------------------------------------------------------------------------
 
     def listener(self, node: Node, path: str) -> Listener | None:
+        # traffic_direction only labels the listener for tracing and stats: inert here, as in
+        # Envoy for a listener without tracing.
         fields = (
             "name", "address", "filter_chains", "per_connection_buffer_limit_bytes",
-            "listener_filters",
+            "listener_filters", "traffic_direction",
         )  # fmt: skip
         self.only(node, path, fields)
         address = None
@@ -375,14 +421,14 @@ class _Converter:
 
     def chain_match(self, node: Node, path: str, tls: bool) -> tuple[str, ...]:
         self.only(node, path, ("server_names", "transport_protocol"))
-        if node.get("transport_protocol") not in (None, "tls") or (
-            "transport_protocol" in node and not tls
-        ):
-            self.refuse(
-                join(path, "transport_protocol"),
-                f"'{node['transport_protocol']}'",
-                "only tls, on a chain with a TLS transport_socket",
-            )
+        protocol = node.get("transport_protocol")
+        protocol_path = join(path, "transport_protocol")
+        if protocol is not None and protocol != "tls":
+            self.refuse(protocol_path, f"'{protocol}'", "only 'tls' is matched")
+        elif protocol is not None and not tls:
+            # matching TLS on a chain that does not terminate it: TLS passthrough (tcp_proxy)
+            what = "TLS passthrough (a chain that matches 'tls' without a TLS transport_socket)"
+            self.refuse(protocol_path, what)
         server_names: list[str] = node.get("server_names", [])
         if server_names and not tls:
             self.refuse(join(path, "server_names"), note="SNI needs a TLS transport_socket")
@@ -603,7 +649,8 @@ class _Converter:
                 "stat_prefix", "codec_type", "route_config", "access_log", "use_remote_address",
                 "xff_num_trusted_hops", "server_name", "max_request_headers_kb",
                 "common_http_protocol_options", "upgrade_configs", "stream_idle_timeout",
-                "http_filters", "local_reply_config",
+                "http_filters", "request_timeout", "generate_request_id", "normalize_path",
+                "merge_slashes", "path_with_escaped_slashes_action", "local_reply_config",
             ),
         )  # fmt: skip
         self.check_value(node, "codec_type", path, ("AUTO", "HTTP1"))
@@ -614,16 +661,30 @@ class _Converter:
             "server_name",
             "max_request_headers_kb",
             "stream_idle_timeout",
+            "request_timeout",
+            "normalize_path",
+            "merge_slashes",
+            "path_with_escaped_slashes_action",
         )
+        # a wrapped bool: an explicit false is kept by the canonical tree
+        kw["generate_request_id"] = node.get("generate_request_id", True)
         options = node.get("common_http_protocol_options", {})
         options_path = join(path, "common_http_protocol_options")
-        self.only(options, options_path, ("idle_timeout", "max_headers_count"))
-        kw.update(_pick(options, "idle_timeout", "max_headers_count"))
+        self.only(
+            options,
+            options_path,
+            ("idle_timeout", "max_headers_count", "headers_with_underscores_action"),
+        )
+        kw.update(
+            _pick(options, "idle_timeout", "max_headers_count", "headers_with_underscores_action")
+        )
         logs_path = join(path, "access_log")
         logs = [
             self.access_log(x, item(logs_path, i)) for i, x in enumerate(node.get("access_log", []))
         ]
-        self.http_filters(node.get("http_filters", []), join(path, "http_filters"))
+        kw["http_filters"] = self.http_filters(
+            node.get("http_filters", []), join(path, "http_filters")
+        )
         if "local_reply_config" in node:
             kw["local_reply_config"] = shaping.local_reply_config(
                 self, node["local_reply_config"], join(path, "local_reply_config")
@@ -638,7 +699,9 @@ class _Converter:
             **kw,
         )
 
-    def http_filters(self, filters: list[Node], path: str) -> None:
+    def http_filters(self, filters: list[Node], path: str) -> tuple[HttpFilter, ...]:
+        """The filters before the router (udsproxy.filters), in order; the router is last."""
+        out: list[HttpFilter] = []
         for i, node in enumerate(filters):
             filter_path = item(path, i)
             config = node.get("typed_config", {})
@@ -648,8 +711,18 @@ class _Converter:
                 self.only(config, join(filter_path, "typed_config"), ())
                 if i != len(filters) - 1:
                     self.error(filter_path, "the router filter must be the last http filter")
+            elif kind in http_filter_types.SUPPORTED:
+                self.only(node, filter_path, ("name", "typed_config"))
+                name = node.get("name") or http_filter_types.SUPPORTED[kind]
+                parsed = http_filter_types.parse_http_filter(
+                    self, kind, config, join(filter_path, "typed_config")
+                )
+                if parsed is not None:
+                    out.append(HttpFilter(name=name, config=parsed))
             else:
-                self.refuse(filter_path, f"http filter '{node.get('name') or kind or ''}'")
+                what = f"http filter '{node.get('name') or kind or ''}'"
+                self.refuse(filter_path, what, http_filter_types.refusal_note())
+        return tuple(out)
 
     def upgrades(self, node: Node, path: str) -> tuple[UpgradeConfig, ...]:
         out = []
@@ -671,9 +744,13 @@ class _Converter:
     def access_log(self, node: Node, path: str) -> AccessLog | None:
         self.only(node, path, ("name", "typed_config"))
         config = node.get("typed_config", {})
-        if config.get("@type") != FILE_ACCESS_LOG:
-            what = config.get("@type") or node.get("name", "")
-            self.refuse(path, f"access logger '{what}'")
+        kind = config.get("@type")
+        if kind in _STREAM_ACCESS_LOGS:
+            return self.stream_access_log(config, join(path, "typed_config"), kind)
+        if kind != FILE_ACCESS_LOG:
+            what = kind or node.get("name", "")
+            note = "only the file, stdout and stderr access loggers"
+            self.refuse(path, f"access logger '{what}'", note)
             return None
         path = join(path, "typed_config")
         fields = ("path", "log_format", "format", "json_format", "typed_json_format")
@@ -698,12 +775,29 @@ class _Converter:
             json_format=json_format,
             omit_empty_values=omit_empty,
         )
-        try:
-            compile_access_log(result)  # Envoy rejects a bad format at config load, and so do we
-        except FormatError as exc:
-            where = "log_format" if "log_format" in config else "format"
-            self.error(join(path, where), str(exc))
+        self.check_format(result, join(path, "log_format" if "log_format" in config else "format"))
         return result
+
+    def stream_access_log(self, config: Node, path: str, kind: str) -> AccessLog:
+        """envoy.access_loggers.stdout / stderr: the file logger's formats on fd 1 or 2."""
+        self.only(config, path, ("log_format",))
+        text, json_format, omit_empty = self.log_format(
+            config.get("log_format", {}), join(path, "log_format")
+        )
+        log = AccessLog(
+            path=_STREAM_ACCESS_LOGS[kind],
+            text_format=text,
+            json_format=json_format,
+            omit_empty_values=omit_empty,
+        )
+        self.check_format(log, join(path, "log_format"))
+        return log
+
+    def check_format(self, log: AccessLog, path: str) -> None:
+        try:
+            compile_access_log(log)  # Envoy rejects a bad format at config load, and so do we
+        except FormatError as exc:
+            self.error(path, str(exc))
 
     def log_format(
         self, node: Node, path: str
@@ -753,7 +847,8 @@ class _Converter:
         )
 
     def virtual_host(self, node: Node, path: str, body_limit: int) -> VirtualHost:
-        self.only(node, path, ("name", "domains", "routes", *shaping.HEADER_FIELDS))
+        fields = ("name", "domains", "routes", "typed_per_filter_config", "cors")
+        self.only(node, path, (*fields, *shaping.HEADER_FIELDS))
         routes_path = join(path, "routes")
         routes = [
             self.route(x, item(routes_path, i), body_limit)
@@ -763,14 +858,34 @@ class _Converter:
             name=node.get("name", ""),
             domains=tuple(node.get("domains", ())),
             routes=tuple(x for x in routes if x is not None),
+            typed_per_filter_config=self.per_filter_config(node, path),
             **shaping.header_fields(self, node, path),
         )
 
+    def per_filter_config(self, node: Node, path: str) -> tuple[HttpFilter, ...]:
+        """typed_per_filter_config of a virtual host or route; a virtual host's legacy ``cors``
+        is the cors filter's entry unless typed_per_filter_config has one."""
+        entries = http_filter_types.parse_per_route(
+            self, node.get("typed_per_filter_config", {}), join(path, "typed_per_filter_config")
+        )
+        out = [HttpFilter(name=name, config=config) for name, config in entries]
+        if "cors" in node:
+            self.deprecated(join(path, "cors"), "typed_per_filter_config with a CorsPolicy")
+            policy = cors_filter.parse_policy(self, node["cors"], join(path, "cors"))
+            if not any(isinstance(x.config, cors_filter.CorsPolicy) for x in out):
+                # every cors filter of the chain reads it, whatever its name
+                out.append(HttpFilter(name=cors_filter.LEGACY_KEY, config=policy))
+        return tuple(out)
+
     def route(self, node: Node, path: str, body_limit: int) -> Route | None:
-        fields = ("name", "match", "route", "direct_response", *shaping.HEADER_FIELDS)
+        fields = (
+            "name", "match", "route", "direct_response", "typed_per_filter_config",
+            *shaping.HEADER_FIELDS,
+        )  # fmt: skip
         self.only(node, path, fields)
         match = self.route_match(node.get("match", {}), join(path, "match"))
         headers = shaping.header_fields(self, node, path)
+        headers["typed_per_filter_config"] = self.per_filter_config(node, path)
         if "direct_response" in node:
             direct = shaping.direct_response(
                 self, node["direct_response"], join(path, "direct_response"), body_limit
@@ -799,14 +914,14 @@ class _Converter:
 
     def route_action(self, node: Node, path: str) -> RouteAction | None:
         fields = (
-            "cluster", "timeout", "prefix_rewrite", "upgrade_configs",
+            "cluster", "timeout", "prefix_rewrite", "upgrade_configs", "idle_timeout",
             *shaping.ROUTE_ACTION_FIELDS,
         )  # fmt: skip
         self.only(node, path, fields)
         if "cluster" not in node:
             return None  # another cluster_specifier: refused above
         self.route_clusters.append((join(path, "cluster"), node["cluster"]))
-        kw = _pick(node, "cluster", "timeout", "prefix_rewrite")
+        kw = _pick(node, "cluster", "timeout", "prefix_rewrite", "idle_timeout")
         kw.update(shaping.host_rewrite(self, node, path))
         return RouteAction(upgrade_configs=self.upgrades(node, path), **kw)
 

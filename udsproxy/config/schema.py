@@ -27,6 +27,7 @@ __all__ = [
     "HeaderMatcher",
     "HeaderValueOption",
     "HttpConnectionManager",
+    "HttpFilter",
     "Listener",
     "LocalReplyConfig",
     "Locality",
@@ -37,6 +38,7 @@ __all__ = [
     "RouteAction",
     "RouteConfiguration",
     "RouteMatch",
+    "RuntimeLayer",
     "SanMatcher",
     "SocketAddress",
     "SubstitutionFormat",
@@ -138,6 +140,7 @@ class DirectResponse:
 class RouteAction:
     cluster: str
     timeout: float = 15.0  # 0 disables
+    idle_timeout: float | None = None  # overrides the HCM's stream_idle_timeout; 0 disables
     prefix_rewrite: str | None = None
     upgrade_configs: tuple[UpgradeConfig, ...] = ()
     host_rewrite_literal: str | None = None
@@ -156,6 +159,7 @@ class Route:
     request_headers_to_remove: tuple[str, ...] = ()
     response_headers_to_add: tuple[HeaderValueOption, ...] = ()
     response_headers_to_remove: tuple[str, ...] = ()
+    typed_per_filter_config: tuple[HttpFilter, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,6 +167,8 @@ class VirtualHost:
     name: str
     domains: tuple[str, ...]
     routes: tuple[Route, ...] = ()
+    # typed_per_filter_config, and the legacy ``cors`` as the cors filter's entry
+    typed_per_filter_config: tuple[HttpFilter, ...] = ()
     request_headers_to_add: tuple[HeaderValueOption, ...] = ()
     request_headers_to_remove: tuple[str, ...] = ()
     response_headers_to_add: tuple[HeaderValueOption, ...] = ()
@@ -240,9 +246,19 @@ class LocalReplyConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HttpFilter:
+    """An http_filters entry (the router excluded), or a typed_per_filter_config entry: the
+    filter's name and its frozen config from ``udsproxy.filters``."""
+
+    name: str
+    config: Any
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HttpConnectionManager:
     stat_prefix: str
     route_config: RouteConfiguration
+    http_filters: tuple[HttpFilter, ...] = ()
     access_log: tuple[AccessLog, ...] = ()
     use_remote_address: bool = False
     xff_num_trusted_hops: int = 0
@@ -254,6 +270,12 @@ class HttpConnectionManager:
     upgrade_configs: tuple[UpgradeConfig, ...] = ()
     stream_idle_timeout: float = 300.0
     local_reply_config: LocalReplyConfig | None = None
+    request_timeout: float = 0.0  # the whole request received within it; 0 disables
+    generate_request_id: bool = True
+    headers_with_underscores_action: str = "ALLOW"  # or REJECT_REQUEST, DROP_HEADER
+    normalize_path: bool = False
+    merge_slashes: bool = False
+    path_with_escaped_slashes_action: str = "KEEP_UNCHANGED"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -392,6 +414,18 @@ class Admin:
     """The admin interface (admin.address). Bind it to loopback: it can stop the proxy."""
 
     address: Address
+    access_log: tuple[AccessLog, ...] = ()  # admin requests, in the listeners' formats
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuntimeLayer:
+    """One layer of layered_runtime: ``kind`` is static, disk or admin."""
+
+    name: str
+    kind: str
+    values: dict[str, str] = field(default_factory=dict)  # static: the flattened keys
+    symlink_root: str = ""  # disk
+    subdirectory: str = ""  # disk
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -400,6 +434,7 @@ class Bootstrap:
     clusters: tuple[Cluster, ...] = ()
     dynamic_resources: DynamicResources | None = None
     admin: Admin | None = None
+    layered_runtime: tuple[RuntimeLayer, ...] = ()
     # version_info of the CDS/LDS files merged into listeners/clusters ("" when none)
     cds_version: str = ""
     lds_version: str = ""

@@ -12,8 +12,8 @@ from typing import Any
 from udsproxy.stats import DEFAULT_BUCKETS
 
 __all__ = [
-    "BOUNDS", "ClusterStats", "HostKey", "HttpStats", "ListenerStats", "Raw", "SslStats",
-    "StatsStore", "Tally",
+    "BOUNDS", "ClusterStats", "FilterStats", "HostKey", "HttpStats", "ListenerStats", "Raw",
+    "SslStats", "StatsStore", "Tally",
 ]  # fmt: skip
 
 # (counters, gauges, histograms): histograms as name -> [sum, count, *bucket counts]
@@ -74,6 +74,12 @@ def _counters(annotations: dict[str, Any], gauges: tuple[str, ...]) -> tuple[str
     return tuple(n for n in annotations if n not in gauges)
 
 
+_HTTP1_ROOT = (
+    "http1_dropped_headers_with_underscores",
+    "http1_requests_rejected_with_underscores_in_headers",
+)
+
+
 class HttpStats:
     """http.<stat_prefix>.* (the connection manager and its router)."""
 
@@ -96,9 +102,15 @@ class HttpStats:
     downstream_rq_idle_timeout: int
     downstream_rq_response_before_rq_complete: int
     downstream_rq_non_relative_path: int
+    downstream_rq_timeout: int  # request_timeout
+    downstream_rq_failed_path_normalization: int
+    downstream_rq_redirected_with_normalized_path: int
     no_route: int
     no_cluster: int
     rq_direct_response: int
+    # Envoy's HTTP/1 codec counts these at the root scope, as http1.<name>: see dump()
+    http1_dropped_headers_with_underscores: int
+    http1_requests_rejected_with_underscores_in_headers: int
     downstream_cx_active: int  # gauge
     downstream_cx_http1_active: int  # gauge
     downstream_cx_upgrades_active: int  # gauge
@@ -125,6 +137,10 @@ class HttpStats:
         tally: Tally,
     ) -> None:
         _dump(self, prefix, counters, gauges)
+        for name in _HTTP1_ROOT:
+            counters.pop(prefix + name)
+            root = "http1." + name[6:]
+            counters[root] = counters.get(root, 0) + getattr(self, name)
         for i, cls in enumerate(_CLASSES, 1):
             counters[f"{prefix}downstream_rq_{cls}"] = tally.classes[i]
         total = tally.total
@@ -273,6 +289,27 @@ class SslStats:
         _reset(self)
 
 
+class FilterStats:
+    """An HTTP filter's stats under one prefix (``http.<stat_prefix>.fault.``...): plain dicts
+    the filter increments by name, only on the requests it acts on."""
+
+    __slots__ = ("counters", "gauges")
+
+    def __init__(self) -> None:
+        self.counters: dict[str, int] = {}
+        self.gauges: dict[str, int] = {}
+
+    def counter_set(self, *names: str) -> dict[str, int]:
+        for name in names:
+            self.counters.setdefault(name, 0)
+        return self.counters
+
+    def gauge_set(self, *names: str) -> dict[str, int]:
+        for name in names:
+            self.gauges.setdefault(name, 0)
+        return self.gauges
+
+
 class StatsStore:
     """All stats of one worker, keyed the way Envoy names them, surviving reloads."""
 
@@ -280,6 +317,14 @@ class StatsStore:
         self.http: dict[str, HttpStats] = {}
         self.listeners: dict[str, tuple[ListenerStats, str]] = {}
         self.clusters: dict[str, ClusterStats] = {}
+        self.filters: dict[str, FilterStats] = {}  # full prefix -> stats
+
+    def filter_stats(self, prefix: str) -> FilterStats:
+        """The stats of an HTTP filter rooted at ``prefix`` (with its trailing dot)."""
+        stats = self.filters.get(prefix)
+        if stats is None:
+            stats = self.filters[prefix] = FilterStats()
+        return stats
 
     def http_for(self, stat_prefix: str) -> HttpStats:
         stats = self.http.get(stat_prefix)
@@ -322,6 +367,11 @@ class StatsStore:
             hs.dump(f"http.{prefix}.", counters, gauges, hists, http[prefix])
         for name, cs in self.clusters.items():
             cs.dump(f"cluster.{name}.", counters, gauges, hists, clusters.get(id(cs), Tally()))
+        for prefix, fs in self.filters.items():
+            for name, value in fs.counters.items():
+                counters[prefix + name] = value
+            for name, value in fs.gauges.items():
+                gauges[prefix + name] = value
         return counters, gauges, hists
 
     def host_results(self) -> dict[HostKey, list[int]]:
@@ -343,3 +393,6 @@ class StatsStore:
             ls.reset()
         for cs in self.clusters.values():
             cs.reset()
+        for fs in self.filters.values():
+            for name in fs.counters:
+                fs.counters[name] = 0

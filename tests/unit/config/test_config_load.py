@@ -134,7 +134,7 @@ def test_not_a_bootstrap(text: str, error: tuple[str, str]) -> None:
 
 def test_schema_errors_and_refusals_come_together() -> None:
     text = """\
-layered_runtime: {}
+overload_manager: {}
 static_resources:
   clusters:
   - name: c
@@ -147,7 +147,7 @@ static_resources:
             "static_resources.clusters[0].conect_timeout",
             "unknown field 'conect_timeout' (did you mean 'connect_timeout'?)",
         ),
-        ("layered_runtime", "not supported by udsproxy"),
+        ("overload_manager", "not supported by udsproxy"),
         ("static_resources.clusters[0].outlier_detection", "not supported by udsproxy"),
     ]
 

@@ -381,7 +381,17 @@ def test_filter_chain_match_refusals() -> None:
     assert errors_of(tree) == [
         (
             f"{CHAINS}[0].filter_chain_match.transport_protocol",
-            f"'raw_buffer' {REFUSED} (only tls, on a chain with a TLS transport_socket)",
+            f"'raw_buffer' {REFUSED} (only 'tls' is matched)",
+        )
+    ]
+    # matching TLS on a chain that does not terminate it (issue 8: a message that does not
+    # contradict itself, "'tls' not supported (only tls, ...)" did)
+    tree = bootstrap(chain(None, filter_chain_match={"transport_protocol": "tls"}))
+    assert errors_of(tree) == [
+        (
+            f"{CHAINS}[0].filter_chain_match.transport_protocol",
+            "TLS passthrough (a chain that matches 'tls' without a TLS transport_socket) "
+            + REFUSED,
         )
     ]
 

@@ -1,0 +1,154 @@
+"""The real Envoy configs (tests/corpora/envoy-configs, provenance in its SOURCES.json), each
+validated as ``udsproxy --mode validate`` does, from the file's own folder.
+
+Every file is pinned in ``corpus_expected.json``: accepted ([]), or exactly its error lines, so
+a change in what udsproxy accepts or says shows up here. No file may crash the loader. The
+compatibility report ``docs/COMPAT.md`` is rendered from the same results and must match.
+
+After a deliberate change: ``UDSPROXY_UPDATE_CORPUS=1 pytest tests/unit/config/test_corpus.py``
+rewrites both files; review their diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from udsproxy.config.load import load_and_resolve, parse_file
+from udsproxy.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[3]
+CORPUS = ROOT / "tests" / "corpora" / "envoy-configs"
+EXPECTED = Path(__file__).with_name("corpus_expected.json")
+REPORT = ROOT / "docs" / "COMPAT.md"
+UPDATE = os.environ.get("UDSPROXY_UPDATE_CORPUS") == "1"
+# The article's own files are a config users have: counted beside the corpus.
+ARTICLE = ROOT / "conf" / "article" / "envoy.yaml"
+
+
+def bootstraps() -> list[Path]:
+    """Every bootstrap in the corpus; xDS resource files (a top-level ``resources``) are not."""
+    out = []
+    for path in sorted(CORPUS.rglob("*.y*ml")):
+        tree = parse_file(path)
+        if not (isinstance(tree, dict) and "resources" in tree and "static_resources" not in tree):
+            out.append(path)
+    return out
+
+
+def validate(path: Path, cwd: Path | None = None) -> list[str]:
+    """The error lines ``--mode validate`` prints for ``path`` ([] if it is accepted), run from
+    ``cwd`` (default: the file's folder, where its relative file names resolve)."""
+    before = os.getcwd()
+    os.chdir(cwd or path.parent)
+    try:
+        load_and_resolve(str(path))
+    except ConfigError as exc:
+        return exc.render().splitlines()
+    finally:
+        os.chdir(before)
+    return []
+
+
+def results() -> dict[str, list[str]]:
+    return {str(p.relative_to(CORPUS)): validate(p) for p in bootstraps()}
+
+
+@pytest.fixture(scope="module")
+def outcome() -> dict[str, list[str]]:
+    found = results()
+    if UPDATE:
+        EXPECTED.write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
+        REPORT.parent.mkdir(exist_ok=True)
+        REPORT.write_text(render_report(found))
+    return found
+
+
+def test_every_file_is_pinned(outcome: dict[str, list[str]]) -> None:
+    expected = json.loads(EXPECTED.read_text())
+    assert sorted(outcome) == sorted(expected)
+    changed = {name: outcome[name] for name in outcome if outcome[name] != expected[name]}
+    assert not changed, f"answers changed (UDSPROXY_UPDATE_CORPUS=1 to re-pin):\n{changed}"
+
+
+def test_accepted_count(outcome: dict[str, list[str]]) -> None:
+    accepted = [name for name, errors in outcome.items() if not errors]
+    assert len(outcome) == 39
+    assert len(accepted) >= 15, accepted  # issue 8's target; 0 before it
+
+
+def test_the_articles_cds_file_loads() -> None:
+    assert validate(ARTICLE, cwd=ROOT) == []  # its paths are relative to the repository
+
+
+def test_the_report_is_current(outcome: dict[str, list[str]]) -> None:
+    assert REPORT.read_text() == render_report(outcome)
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+_CHAIN = r"^static_resources\.listeners\[\*\]\.filter_chains\[\*\]\."
+_SHORT = [
+    (_CHAIN + r"filters\[\*\]\.typed_config\.", "hcm."),
+    (r"^hcm\.route_config\.virtual_hosts\[\*\]\.routes\[\*\]\.", "route."),
+    (r"^hcm\.route_config\.virtual_hosts\[\*\]\.", "virtual_host."),
+    (_CHAIN + r"transport_socket\.typed_config\.", "DownstreamTlsContext."),
+    (r"^static_resources\.clusters\[\*\]\.", "cluster."),
+    (r"^static_resources\.listeners\[\*\]\.", "listener."),
+]  # fmt: skip
+
+
+def field_of(line: str) -> str:
+    """What an error line is about: its YAML path without indices, shortened, and for a
+    refused named thing (filter, logger, value) that name."""
+    path, _, message = line.partition(": ")
+    path = re.sub(r"\[\d+\]", "[*]", path)
+    for pattern, short in _SHORT:
+        path = re.sub(pattern, short, path)
+    message = re.sub(r"hostname '[^']*'", "hostname", message)  # one row for every host name
+    named = re.match(r"(.*?) not supported by udsproxy", message)
+    if named and named[1] and not named[1].startswith("("):
+        return f"{path}: {named[1]}"
+    if "not supported by udsproxy" in message:
+        return path
+    return f"{path}: {message}"
+
+
+def render_report(found: dict[str, list[str]]) -> str:
+    sources = json.loads((CORPUS / "SOURCES.json").read_text())
+    accepted = sorted(name for name, errors in found.items() if not errors)
+    lines = [
+        "# udsproxy and 39 real Envoy configs",
+        "",
+        "Generated by `tests/unit/config/test_corpus.py` (`UDSPROXY_UPDATE_CORPUS=1` rewrites",
+        "it) from `udsproxy --mode validate` over `tests/corpora/envoy-configs`, each file run",
+        "from its own folder. Provenance: that folder's `SOURCES.json`.",
+        "",
+        f"**Accepted unchanged: {len(accepted)} of {len(found)}** (before issue 8: 0 of 39).",
+        "The article's own CDS file (`conf/article/cds.yaml`) loads too.",
+        "",
+        "| config | source | accepted | what is refused |",
+        "|---|---|---|---|",
+    ]
+    reasons: Counter[str] = Counter()
+    for name in sorted(found):
+        source = sources.get(name, {})
+        origin = f"{source.get('repo', '?')} `{source.get('path', '?')}`"
+        fields = sorted({field_of(line) for line in found[name]})
+        reasons.update(fields)
+        shown = "<br>".join(f"`{f}`" for f in fields) or "-"
+        lines.append(f"| {name} | {origin} | {'yes' if not fields else 'no'} | {shown} |")
+    lines += [
+        "",
+        "## What is still refused, by the number of configs",
+        "",
+        "| refused | configs |",
+        "|---|---|",
+    ]
+    lines += [f"| `{field}` | {n} |" for field, n in sorted(reasons.items(), key=lambda x: -x[1])]
+    return "\n".join(lines) + "\n"
