@@ -482,7 +482,8 @@ class _Converter:
         certificates: list[Node] = common.get("tls_certificates", [])
         path = join(path, "tls_certificates")
         if not certificates:
-            if required:
+            # certificates by SDS are refused already: "required" would only repeat it
+            if required and "tls_certificate_sds_secret_configs" not in common:
                 self.error(path, "one certificate is required")
             return None
         if len(certificates) > 1:
