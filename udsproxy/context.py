@@ -55,8 +55,10 @@ class ListenerContext:
         stats: StatsStore | None = None,
         request_stats: bool = True,
         batched: bool = False,
+        runtime: Runtime | None = None,
     ) -> None:
         hcm = listener.http_connection_manager
+        self.runtime = runtime  # the server's layered runtime (filters read their keys)
         self.name = listener.name
         self.loop = loop
         self.stat_prefix = hcm.stat_prefix
@@ -75,12 +77,11 @@ class ListenerContext:
         self.stream_idle_timeout = hcm.stream_idle_timeout
         # local_reply_config: None unless configured (local replies test one attribute)
         self.local_reply = (
-            LocalReplyRewriter(hcm.local_reply_config, read_data_source)
+            LocalReplyRewriter(hcm.local_reply_config, read_data_source, runtime)
             if hcm.local_reply_config is not None
             else None
         )
         self.request_timeout = hcm.request_timeout
-        self.runtime: Runtime | None = None  # the server's, set by it (filters read keys)
         self.generate_request_id = hcm.generate_request_id
         # None unless a normalization is on: the data path tests one attribute
         self.path_normalizer = (
@@ -159,8 +160,10 @@ class ListenerContext:
     def new_stream(self, conn: DownstreamConnection) -> Stream:
         self.http_stats.downstream_rq_active += 1
         s = Stream(self, conn)
-        if self.request_timeout:
-            # the whole request, from its first byte; the route timeout replaces it at the end
+        if self.request_timeout and conn.active is None and not conn.queue:
+            # the whole request, from its first byte; the route timeout replaces it at the end.
+            # A request pipelined behind another starts its clock when that one is done
+            # (DownstreamConnection.stream_done), as Envoy reads it only then.
             s.deadline = self.loop.time() + self.request_timeout
             conn.arm(s.deadline)
         return s

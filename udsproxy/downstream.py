@@ -412,6 +412,11 @@ class DownstreamConnection(asyncio.Protocol):
             self.active = None
         if self.closed:
             return
+        cur = self.cur
+        if cur is not None and not cur.deadline and self.ctx.request_timeout:
+            # a request pipelined behind this one: its request_timeout starts now
+            cur.deadline = self.loop.time() + self.ctx.request_timeout
+            self._arm(cur.deadline)
         if close or self.ctx.draining:
             # a delayed close only where request bytes may be left unread
             self.close(linger=not s.request_complete or self._unread or self._error is not None)
@@ -561,10 +566,13 @@ class _DropUnderscores(DownstreamConnection):
     __slots__ = ()
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # counted against the limits like any header, then taken back out (no special header
+        # has an underscore, so it was the last one appended)
+        DownstreamConnection.on_header(self, name, value)
         if b"_" in name:
             self.ctx.http_stats.http1_dropped_headers_with_underscores += 1
-            return
-        DownstreamConnection.on_header(self, name, value)
+            assert self.cur is not None
+            self.cur.headers.pop()
 
 
 class _RejectUnderscores(DownstreamConnection):

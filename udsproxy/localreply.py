@@ -17,6 +17,7 @@ from udsproxy.config import schema
 from udsproxy.flags import ResponseFlag
 from udsproxy.headermatch import HeaderMatch
 from udsproxy.headers import HeaderMutations, compile_mutations
+from udsproxy.runtime import Runtime
 from udsproxy.streaminfo import StreamInfo
 
 __all__ = ["BodyFormat", "LocalReplyRewriter", "compile_filter"]
@@ -25,12 +26,19 @@ Filter = Callable[[StreamInfo], bool]
 TEXT_PLAIN = b"text/plain"
 
 
-def _compare(op: str, value: int, get: Callable[[StreamInfo], int]) -> Filter:
+def _compare(
+    op: str, value: int, get: Callable[[StreamInfo], int], key: str, runtime: Runtime | None
+) -> Filter:
+    live = runtime if key else None  # the runtime may set the value, and change it later
+
+    def threshold() -> int:
+        return value if live is None else live.integer(key, value)
+
     if op == "GE":
-        return lambda i: get(i) >= value
+        return lambda i: get(i) >= threshold()
     if op == "LE":
-        return lambda i: get(i) <= value
-    return lambda i: get(i) == value
+        return lambda i: get(i) <= threshold()
+    return lambda i: get(i) == threshold()
 
 
 def _duration_ms(i: StreamInfo) -> int:
@@ -38,13 +46,13 @@ def _duration_ms(i: StreamInfo) -> int:
     return int((end - i.start_mono) * 1000)
 
 
-def compile_filter(f: schema.AccessLogFilter) -> Filter:
+def compile_filter(f: schema.AccessLogFilter, runtime: Runtime | None = None) -> Filter:
     """An AccessLogFilter tree as one callable on the stream."""
     kind = f.kind
     if kind == "status_code":
-        return _compare(f.op, f.value, lambda i: i.response_code)
+        return _compare(f.op, f.value, lambda i: i.response_code, f.runtime_key, runtime)
     if kind == "duration":
-        return _compare(f.op, f.value, _duration_ms)
+        return _compare(f.op, f.value, _duration_ms, f.runtime_key, runtime)
     if kind == "header":
         assert f.header is not None
         return HeaderMatch(f.header).match
@@ -55,7 +63,7 @@ def compile_filter(f: schema.AccessLogFilter) -> Filter:
         if not mask:  # no flags listed: any flag
             return lambda i: i.response_flags != 0
         return lambda i: bool(i.response_flags & mask)
-    subs = tuple(compile_filter(x) for x in f.filters)
+    subs = tuple(compile_filter(x, runtime) for x in f.filters)
     if kind == "and":
         return lambda i: all(s(i) for s in subs)
     if kind == "or":
@@ -91,8 +99,13 @@ class BodyFormat:
 class _Mapper:
     __slots__ = ("body", "body_format", "headers", "match", "status_code")
 
-    def __init__(self, m: schema.ResponseMapper, read: Callable[[schema.DataSource], bytes]):
-        self.match = compile_filter(m.filter)
+    def __init__(
+        self,
+        m: schema.ResponseMapper,
+        read: Callable[[schema.DataSource], bytes],
+        runtime: Runtime | None,
+    ):
+        self.match = compile_filter(m.filter, runtime)
         self.status_code = m.status_code
         self.body = None if m.body is None else read(m.body)
         self.body_format = (
@@ -107,10 +120,14 @@ class LocalReplyRewriter:
     __slots__ = ("body_format", "mappers")
 
     def __init__(
-        self, config: schema.LocalReplyConfig, read: Callable[[schema.DataSource], bytes]
+        self,
+        config: schema.LocalReplyConfig,
+        read: Callable[[schema.DataSource], bytes],
+        runtime: Runtime | None = None,
     ) -> None:
-        """``read`` turns a mapper's body (a DataSource) into bytes, once."""
-        self.mappers = tuple(_Mapper(m, read) for m in config.mappers)
+        """``read`` turns a mapper's body (a DataSource) into bytes, once; ``runtime`` gives
+        the filters' runtime keys their values."""
+        self.mappers = tuple(_Mapper(m, read, runtime) for m in config.mappers)
         self.body_format = None if config.body_format is None else BodyFormat(config.body_format)
 
     def rewrite(

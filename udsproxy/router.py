@@ -1,7 +1,8 @@
 """Route table compiled once from a RouteConfiguration. Pure: no I/O.
 
 Route shaping (header mutations of the three levels, host rewrites, direct_response bodies) is
-compiled here too; a direct_response body given as a file or variable is read once, here.
+compiled here too (a direct_response body given as a file or a variable was read when the
+config was loaded).
 
 Virtual hosts are searched the way Envoy does: exact domain, then the longest suffix wildcard
 (``*.example.com``), then the longest prefix wildcard (``example.*``), then ``*``. Routes inside a
@@ -145,13 +146,8 @@ def _direct_response(
 ) -> http1.LocalReply | None:
     if direct is None:
         return None
+    # inline by now: convert checked inline bodies, dynamic.resolve read and checked the others
     body = b"" if direct.body is None else read_data_source(direct.body)
-    limit = config.max_direct_response_body_size_bytes
-    if len(body) > limit:  # inline bodies were checked by convert; a file may have grown
-        raise ValueError(
-            f"direct_response body {direct.body}: response body size is {len(body)} bytes;"
-            f" maximum is {limit}"
-        )
     return http1.LocalReply(direct.status, body, 0, "direct_response", router=True)
 
 

@@ -30,6 +30,15 @@ _MAX_DISK_FILES = 10_000  # a runtime tree is small; never walk a whole filesyst
 _MAX_VALUE_BYTES = 64 * 1024
 
 
+def _signature(root: str, subdirectory: str) -> tuple[str, int]:
+    """Where a disk layer's symlink points, and when that directory's entries last changed."""
+    real = os.path.realpath(root)
+    try:
+        return real, os.stat(os.path.join(real, subdirectory)).st_mtime_ns
+    except OSError:
+        return real, -1
+
+
 def _read_disk(root: str, subdirectory: str) -> dict[str, str]:
     """A disk layer's keys; a missing directory is an empty layer (as in Envoy)."""
     base = Path(os.path.realpath(root)) / subdirectory if subdirectory else Path(root)
@@ -59,6 +68,7 @@ class Runtime:
     def __init__(self, layers: tuple[schema.RuntimeLayer, ...] = ()) -> None:
         self.layers = layers
         self._disk: dict[str, dict[str, str]] = {}
+        self._signatures: dict[str, tuple[str, int]] = {}
         self.admin: dict[str, str] = {}
         self.values: dict[str, str] = {}
         self.refresh()
@@ -67,19 +77,30 @@ class Runtime:
         """A reload's layers; what the admin layer holds stays."""
         self.layers = layers
         self._disk = {}
+        self._signatures = {}
         self.values = {}
         self.refresh()
 
     def refresh(self) -> bool:
-        """Re-read the disk layers; True if any key changed."""
-        disk = {
-            layer.name: _read_disk(layer.symlink_root, layer.subdirectory)
-            for layer in self.layers
-            if layer.kind == "disk"
-        }
-        if disk == self._disk and self.values:
+        """Re-read the disk layers whose tree was swapped; True if any key changed.
+
+        As Envoy, a disk layer changes when its symlink is pointed at another tree (or that
+        directory's entries change): one realpath and one stat per layer, and the files are
+        read only then, so the periodic check costs the event loop next to nothing."""
+        changed = False
+        for layer in self.layers:
+            if layer.kind != "disk":
+                continue
+            signature = _signature(layer.symlink_root, layer.subdirectory)
+            if signature == self._signatures.get(layer.name) and layer.name in self._disk:
+                continue
+            self._signatures[layer.name] = signature
+            data = _read_disk(layer.symlink_root, layer.subdirectory)
+            if data != self._disk.get(layer.name):
+                self._disk[layer.name] = data
+                changed = True
+        if not changed and self.values:
             return False
-        self._disk = disk
         return self._merge()
 
     def modify(self, changes: Mapping[str, str]) -> None:

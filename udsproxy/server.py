@@ -340,8 +340,8 @@ class Server:
             stats=self.store,
             request_stats=self.request_stats,
             batched=True,
+            runtime=self.runtime,
         )
-        ctx.runtime = self.runtime
         return ctx
 
     async def _start_slot(

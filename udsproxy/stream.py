@@ -848,6 +848,7 @@ class Stream(StreamInfo):
             body, content_type, shaped = self._shape_local_reply(reply, route)
         else:
             content_type, shaped = _TEXT_PLAIN, None
+            self.local_reply_body = body  # %LOCAL_REPLY_BODY%, with or without a rewrite
         length = b"%d" % len(body)
         headers = [(b"content-length", length)]
         parts = [http1.status_line(self.response_code), b"content-length: ", length, _CRLF]

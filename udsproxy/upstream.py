@@ -619,7 +619,8 @@ class Cluster:
                 self._targets[i] = (Host(self, first, endpoint, address.address),)
             self._rebuild()
             return True
-        if tuple(h.address.address for h in old) == addresses:  # type: ignore[union-attr]
+        # the same set in another order (servers rotate their answers) changes nothing
+        if {h.address.address for h in old} == set(addresses):  # type: ignore[union-attr]
             return False
         by_ip = {h.address.address: h for h in old}  # type: ignore[union-attr]
         new = []

@@ -222,3 +222,20 @@ def test_runtime_layers_on_the_admin(tmp_path: Path, py_upstream: PyUpstream) ->
         assert get(admin, "/runtime_modify?b=y").status == 400  # a GET on a POST endpoint
     finally:
         proxy.stop()
+
+
+def test_request_timeout_of_a_request_pipelined_behind_a_slow_one(
+    inproc: Inproc, py_upstream: PyUpstream
+) -> None:
+    """Its clock starts when the one before it is done (Envoy reads it only then): no early
+    408, and no request left hanging."""
+    p = inproc(config(py_upstream, request_timeout="0.5s"))
+    with RawConn(p.address(), 10) as conn:
+        conn.send(
+            b"GET /py/slow?ms=1000 HTTP/1.1\r\nHost: a\r\n\r\nGET /py/b HTTP/1.1\r\nHost: a\r\n"
+        )
+        t0 = time.monotonic()
+        assert conn.read_response().status == 200  # after 1 s: longer than request_timeout
+        second = conn.read_response()
+        assert second.status == 408 and second.body == b"request timeout"
+        assert 1.3 < time.monotonic() - t0 < 4

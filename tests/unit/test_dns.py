@@ -150,6 +150,7 @@ def test_strict_dns_hosts_follow_the_answers() -> None:
         assert [h.text for h in first] == ["10.0.0.1:80", "10.0.0.2:80"]
         assert {h.hostname for h in first} == {"web"}
         assert not cluster._on_resolved(0, ("10.0.0.1", "10.0.0.2"))
+        assert not cluster._on_resolved(0, ("10.0.0.2", "10.0.0.1"))  # rotated: no rebuild
         assert cluster._on_resolved(1, ("10.0.1.1",))
         picks = [cluster.pick() for _ in range(8)]
         assert [p.text for p in picks if p is not None].count("10.0.1.1:80") == 4  # weight 2

@@ -64,3 +64,19 @@ def test_readers_fall_back_on_bad_values() -> None:
 def test_a_missing_disk_directory_is_an_empty_layer(tmp_path: Path) -> None:
     layer = RuntimeLayer(name="d", kind="disk", symlink_root=str(tmp_path / "none"))
     assert Runtime((layer,)).values == {}
+
+
+def test_local_reply_filters_read_their_runtime_key() -> None:
+    from udsproxy.config.schema import AccessLogFilter
+    from udsproxy.localreply import compile_filter
+    from udsproxy.streaminfo import StreamInfo
+
+    runtime = Runtime((RuntimeLayer(name="a", kind="admin"),))
+    match = compile_filter(
+        AccessLogFilter(kind="status_code", op="GE", value=500, runtime_key="lr.min"), runtime
+    )
+    info = StreamInfo(0.0, 0.0)
+    info.response_code = 404
+    assert not match(info)  # the default_value: 500
+    runtime.modify({"lr.min": "400"})
+    assert match(info)  # the runtime's value, read per reply

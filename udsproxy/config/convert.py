@@ -269,7 +269,7 @@ class _Converter:
     ) -> Address | None:
         self.only(node, path, ("socket_address", "pipe"))
         if "pipe" in node:
-            if cluster_type != "STATIC":
+            if cluster_type in _DNS_TYPES:
                 note = f"a {cluster_type} cluster resolves socket_address names; use STATIC"
                 self.refuse(join(path, "pipe"), f"a pipe in a {cluster_type} cluster", note)
             return self.pipe(node["pipe"], join(path, "pipe"), listener=listener)
@@ -316,8 +316,9 @@ class _Converter:
                         " a host name needs type STRICT_DNS or LOGICAL_DNS"
                     )
                     self.refuse(join(path, "address"), f"hostname '{address}'", note)
-        elif not address:
+        elif not address and cluster_type in _DNS_TYPES:
             self.error(join(path, "address"), f"is required (the name a {cluster_type} resolves)")
+        # (another type is refused already: nothing to say about its endpoints)
         return SocketAddress(address=address, port_value=node.get("port_value", 0))
 
     # --- listeners -------------------------------------------------------------------------------
@@ -940,8 +941,9 @@ class _Converter:
         name: str = node.get("name", "")
         written = node.get("type", "STATIC")
         cluster_type = written if written in _CLUSTER_TYPES else "STATIC"
+        # the endpoints are checked against the type as written: a refused type is not STATIC
         endpoints = self.load_assignment(
-            node.get("load_assignment"), join(path, "load_assignment"), name, cluster_type
+            node.get("load_assignment"), join(path, "load_assignment"), name, written
         )
         kw = _pick(node, "connect_timeout", "per_connection_buffer_limit_bytes")
         kw.update(self.dns_options(node, path, cluster_type, endpoints))
@@ -998,8 +1000,8 @@ class _Converter:
     def load_assignment(
         self, node: Node | None, path: str, cluster: str, cluster_type: str = "STATIC"
     ) -> tuple[Endpoint, ...]:
-        """Endpoints of every locality, flattened. STATIC clusters (and those whose type was
-        refused) want IP addresses, the DNS types names."""
+        """Endpoints of every locality, flattened. STATIC clusters want IP addresses, the DNS
+        types names; the endpoints of a refused type are not checked (its refusal says it)."""
         out: list[Endpoint] = []
         node = node or {}
         self.only(node, path, ("cluster_name", "endpoints"))
@@ -1095,6 +1097,7 @@ def flatten(tree: object, prefix: str = "") -> Iterator[tuple[str, str]]:
 
 
 _CLUSTER_TYPES = ("STATIC", "STRICT_DNS", "LOGICAL_DNS")
+_DNS_TYPES = ("STRICT_DNS", "LOGICAL_DNS")
 _LOCALITY_FIELDS = ("lb_endpoints", "locality", "load_balancing_weight", "metadata", "priority")
 _ENDPOINT_FIELDS = ("address", "hostname", "health_check_config")
 _DNS_FIELDS = (

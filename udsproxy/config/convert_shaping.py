@@ -260,11 +260,13 @@ def access_log_filter(c: Converter, node: Node, path: str) -> AccessLogFilter | 
         comparison_path = join(sub_path, "comparison")
         c.only(comparison, comparison_path, ("op", "value"))
         value = comparison.get("value", {})
-        # runtime_key is required by Envoy's API; udsproxy's runtime has no such keys, so the
-        # value is always default_value, as in Envoy while the key is not set in the runtime.
+        # runtime_key is required by Envoy's API: layered_runtime may set it
         c.only(value, join(comparison_path, "value"), ("default_value", "runtime_key"))
         return AccessLogFilter(
-            kind=kind, op=comparison.get("op", "EQ"), value=value.get("default_value", 0)
+            kind=kind,
+            op=comparison.get("op", "EQ"),
+            value=value.get("default_value", 0),
+            runtime_key=value.get("runtime_key", ""),
         )
     if kind == "header":
         c.only(sub, sub_path, ("header",))

@@ -23,6 +23,7 @@ variable is an error at the field that names it.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import os
 import ssl
@@ -226,6 +227,17 @@ def resolve(
                 errors.append((ref_path, f"unknown cluster '{name}'"))
     for path, listener in listeners:
         errors += tls_errors(listener, path)
+    # Response bodies in files or variables are read here, once, into the config: the data
+    # path builds routes without I/O, a too-large file is a config error (not a crash at
+    # start), and a reload sees a changed file as a changed config.
+    static_listeners_read = tuple(
+        _read_bodies(x, item("static_resources.listeners", i), errors)
+        for i, x in enumerate(bootstrap.listeners)
+    )
+    lds_listeners_read = tuple(
+        _read_bodies(x, _at(lds_file, item("resources", i)), errors)
+        for i, x in enumerate(lds.listeners)
+    )
     clusters = [
         (item("static_resources.clusters", i), cluster)
         for i, cluster in enumerate(bootstrap.clusters)
@@ -237,12 +249,62 @@ def resolve(
     return dataclasses.replace(
         bootstrap,
         clusters=bootstrap.clusters + cds.clusters,
-        listeners=bootstrap.listeners + lds.listeners,
+        listeners=static_listeners_read + lds_listeners_read,
         cds_version=cds.version_info,
         lds_version=lds.version_info,
         warnings=bootstrap.warnings + cds.warnings + lds.warnings,
         static=bootstrap,
     )
+
+
+# --- response bodies ----------------------------------------------------------------------------
+
+
+def _inline(source: DataSource, path: str, limit: int, errors: list[tuple[str, str]]) -> DataSource:
+    """``source`` read into an inline_bytes DataSource (kept as is if it is inline already)."""
+    if source.kind in ("inline_string", "inline_bytes"):
+        return source
+    try:
+        data = datasource.read(source)
+    except datasource.DataSourceError as exc:
+        errors.append((path, str(exc)))
+        return source
+    if len(data) > limit:
+        errors.append((path, f"response body size is {len(data)} bytes; maximum is {limit}"))
+    return DataSource(kind="inline_bytes", value=base64.b64encode(data).decode())
+
+
+def _read_bodies(listener: Listener, path: str, errors: list[tuple[str, str]]) -> Listener:
+    """The listener with its direct_response and local_reply_config bodies read."""
+    hcm = listener.http_connection_manager
+    hcm_path = join(path, "filter_chains[0].filters[0].typed_config")
+    config = hcm.route_config
+    limit = config.max_direct_response_body_size_bytes
+    vhosts = []
+    for i, vhost in enumerate(config.virtual_hosts):
+        routes = []
+        for j, route in enumerate(vhost.routes):
+            direct = route.direct_response
+            if direct is not None and direct.body is not None:
+                route_path = f"{hcm_path}.route_config.virtual_hosts[{i}].routes[{j}]"
+                body = _inline(direct.body, f"{route_path}.direct_response.body", limit, errors)
+                direct = dataclasses.replace(direct, body=body)
+                route = dataclasses.replace(route, direct_response=direct)
+            routes.append(route)
+        vhosts.append(dataclasses.replace(vhost, routes=tuple(routes)))
+    replies = hcm.local_reply_config
+    if replies is not None:
+        mappers = []
+        for k, mapper in enumerate(replies.mappers):
+            if mapper.body is not None:
+                mapper_path = f"{hcm_path}.local_reply_config.mappers[{k}].body"
+                body = _inline(mapper.body, mapper_path, datasource.MAX_BYTES, errors)
+                mapper = dataclasses.replace(mapper, body=body)
+            mappers.append(mapper)
+        replies = dataclasses.replace(replies, mappers=tuple(mappers))
+    route_config = dataclasses.replace(config, virtual_hosts=tuple(vhosts))
+    hcm = dataclasses.replace(hcm, route_config=route_config, local_reply_config=replies)
+    return dataclasses.replace(listener, http_connection_manager=hcm)
 
 
 # --- TLS files ----------------------------------------------------------------------------------

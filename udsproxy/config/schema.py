@@ -212,7 +212,8 @@ class AccessLogFilter:
 
     kind: str  # status_code | duration | header | response_flag | and | or | not_health_check
     op: str = "EQ"  # status_code / duration: EQ | GE | LE
-    value: int = 0  # status_code, or duration in ms (runtime_key is not read: default_value)
+    value: int = 0  # status_code, or duration in ms: the default_value
+    runtime_key: str = ""  # a runtime key that overrides value when it is set
     header: HeaderMatcher | None = None
     flags: tuple[str, ...] = ()  # response_flag: short names; () means any flag
     filters: tuple[AccessLogFilter, ...] = ()  # and / or

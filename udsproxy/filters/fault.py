@@ -231,16 +231,24 @@ class FaultFilter(HttpFilter):
             if status is None or not 200 <= status < 600:
                 return None
             fraction = _capped(s, fraction, b"x-envoy-fault-abort-request-percentage")
-            reply = abort_reply(status)
+            reply = abort_reply(self._runtime_status(status))
         else:
             assert config.abort_status is not None
-            status = self.runtime.integer(_ABORT_STATUS, config.abort_status)
+            status = self._runtime_status(config.abort_status)
             configured = fault.abort_reply
             reply = (
                 configured if configured and status == config.abort_status else abort_reply(status)
             )
         n = self.runtime.integer(_ABORT_PERCENT, fraction.numerator)
         return reply if _draw(n, fraction.denominator) else None
+
+
+    def _runtime_status(self, default: int) -> int:
+        """fault.http.abort.http_status overrides the status (Envoy's getInteger); a value that
+        is no status ([200, 600), as the config and the header are checked) leaves ``default``:
+        Envoy would send whatever the key holds, "HTTP/1.1 0" included."""
+        status = self.runtime.integer(_ABORT_STATUS, default)
+        return status if 200 <= status < 600 else default
 
 
 def _draw(numerator: int, denominator: int) -> bool:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from udsproxy.config.load import load_tree
+from udsproxy.config.datasource import read
+from udsproxy.config.load import load_and_resolve, load_tree
 from udsproxy.config.schema import AccessLog, RuntimeLayer
 from udsproxy.errors import ConfigError
 
@@ -168,3 +171,34 @@ def test_route_idle_timeout() -> None:
     hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["idle_timeout"] = "0s"
     route = load_tree(tree).listeners[0].http_connection_manager.route_config.virtual_hosts[0]
     assert route.routes[0].route.idle_timeout == 0.0  # 0 disables, unlike "unset"
+
+
+def direct_response_route(body: dict[str, str]) -> dict[str, object]:
+    tree = bootstrap()
+    listeners = tree["static_resources"]["listeners"]  # type: ignore[index]
+    routes = listeners[0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"][
+        "virtual_hosts"
+    ][0]["routes"]
+    routes.insert(0, {"match": {"path": "/x"}, "direct_response": {"status": 200, "body": body}})
+    return tree
+
+
+def test_a_response_body_file_is_read_and_checked_at_load(tmp_path: Path) -> None:
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"x" * 5000)
+    with pytest.raises(ConfigError) as info:
+        load_and_resolve(direct_response_route({"filename": str(big)}))
+    body_path = (
+        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config"
+        ".virtual_hosts[0].routes[0].direct_response.body"
+    )
+    assert info.value.errors == [(body_path, "response body size is 5000 bytes; maximum is 4096")]
+    small = tmp_path / "small.txt"
+    small.write_bytes(b"hello")
+    loaded = load_and_resolve(direct_response_route({"filename": str(small)}))
+    direct = loaded.listeners[0].http_connection_manager.route_config.virtual_hosts[0]
+    body = direct.routes[0].direct_response.body  # type: ignore[union-attr]
+    assert body is not None and (body.kind, read(body)) == ("inline_bytes", b"hello")
+    # the file changed: the config is a different one, so a reload rebuilds the routes
+    small.write_bytes(b"hello again")
+    assert load_and_resolve(direct_response_route({"filename": str(small)})) != loaded

@@ -195,7 +195,7 @@ def test_local_reply_config() -> None:
     assert first.filter == AccessLogFilter(
         kind="or",
         filters=(
-            AccessLogFilter(kind="status_code", op="GE", value=500),
+            AccessLogFilter(kind="status_code", op="GE", value=500, runtime_key="k"),
             AccessLogFilter(kind="header", header=HeaderMatcher(name=":method", exact="GET")),
         ),
     )
