@@ -307,6 +307,19 @@ def test_fault_percentages_runtime_and_headers() -> None:
     assert isinstance(out, LocalAnswer) and out.reply.code == 404
 
 
+@pytest.mark.parametrize("runtime_status", [0, 199, 600, -1, 1000])
+def test_fault_runtime_status_outside_200_600_keeps_the_configured_one(
+    runtime_status: int,
+) -> None:
+    runtime = Runtime(fault__http__abort__http_status=runtime_status)
+    f, _ = fault_filter({"abort": {"http_status": 503, "percentage": {"numerator": 100}}}, runtime)
+    out = f.decode_headers(request(), None, state())
+    assert isinstance(out, LocalAnswer) and out.reply.code == 503
+    f, _ = fault_filter({"abort": {"header_abort": {}, "percentage": {"numerator": 100}}}, runtime)
+    out = f.decode_headers(request(headers=[(b"x-envoy-fault-abort-request", b"404")]), None, state())
+    assert isinstance(out, LocalAnswer) and out.reply.code == 404
+
+
 def test_fault_limits() -> None:
     f, stats = fault_filter(
         {"abort": {"http_status": 503, "percentage": {"numerator": 100}}, "max_active_faults": 1}
