@@ -862,6 +862,8 @@ class Stream(StreamInfo):
         if location is not None:
             parts += (b"location: ", location, _CRLF)
             headers.append((b"location", location))
+        if self.filter_state is not None:  # CORS headers on a later filter's or the router's
+            extra = self.filter_state.local_reply_headers(self, self.response_code, extra)
         for name, value in extra:
             parts += (name, b": ", value, _CRLF)
             headers.append((name, value))

@@ -385,6 +385,25 @@ def test_rbac_denies(filtered: tuple[ProxyProcess, AccessLog]) -> None:
     assert _request(proc, "GET", "/index.html")[0] == 200
 
 
+def test_cors_headers_on_later_filters_local_replies(
+    filtered: tuple[ProxyProcess, AccessLog],
+) -> None:
+    # Envoy's CORS encodeHeaders sees the local replies of the filters after it
+    proc, _ = filtered
+    origin = {"Origin": "https://app.test"}
+    status, headers, _ = _request(proc, "GET", "/rbac/secret", origin)
+    assert status == 403
+    assert headers["access-control-allow-origin"] == "https://app.test"
+    assert headers["access-control-expose-headers"] == "x-exposed"
+    status, headers, body = _request(
+        proc, "GET", "/index.html", {**origin, "x-envoy-fault-abort-request": "429"}
+    )
+    assert (status, body) == (429, b"fault filter abort")
+    assert headers["access-control-allow-origin"] == "https://app.test"
+    status, headers, _ = _request(proc, "GET", "/rbac/secret", {"Origin": "https://evil.test"})
+    assert status == 403 and "access-control-allow-origin" not in headers
+
+
 def test_csrf(filtered: tuple[ProxyProcess, AccessLog]) -> None:
     proc, log = filtered
     host = f"127.0.0.1:{proc.port}"

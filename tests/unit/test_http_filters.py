@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from udsproxy.filters import compressor, cors, csrf, fault, rbac
-from udsproxy.filters.base import FilterState, Fraction, Hold, LocalAnswer, parse_fraction
+from udsproxy.filters.base import FilterChain, Fraction, Hold, LocalAnswer, parse_fraction
 from udsproxy.filters.codecs import (
     BrotliCompressor,
     BrotliConfig,
@@ -94,15 +94,12 @@ def request(
         is_head=False,
         upgrade=None,
         upstream=SimpleNamespace(resp_chunked=False),
+        filter_state=None,
     )
 
 
 def route(filter_configs: dict[str, Any], cluster: str = "c") -> Any:
     return SimpleNamespace(filter_configs=filter_configs, cluster=cluster)
-
-
-def state() -> FilterState:
-    return FilterState(None, None)  # type: ignore[arg-type]
 
 
 # --- matchers ---------------------------------------------------------------------------------
@@ -190,7 +187,7 @@ def test_cors_preflight_and_response_headers() -> None:
     pre = request(
         b"OPTIONS", headers=[(b"origin", b"https://a"), (b"access-control-request-method", b"GET")]
     )
-    out = f.decode_headers(pre, r, state())
+    out = f.decode_headers(pre, r)
     assert isinstance(out, LocalAnswer)
     assert out.reply.code == 200 and out.reply.details == "cors_response"
     assert dict(out.headers) == {
@@ -199,18 +196,18 @@ def test_cors_preflight_and_response_headers() -> None:
         b"access-control-allow-methods": b"GET",
         b"access-control-max-age": b"60",
     }
-    st = state()
-    assert f.decode_headers(request(headers=[(b"origin", b"https://a")]), r, st) is None
+    s = request(headers=[(b"origin", b"https://a")])
+    assert f.decode_headers(s, r) is None
     headers: list[tuple[bytes, bytes]] = []
-    assert st.encode_headers(request(), 200, headers, 10) == 10
+    assert s.filter_state.encode_headers(request(), 200, headers, 10) == 10
     assert dict(headers) == {
         b"access-control-allow-origin": b"https://a",
         b"access-control-allow-credentials": b"true",
         b"access-control-expose-headers": b"x-e",
     }
-    st = state()
-    assert f.decode_headers(request(headers=[(b"origin", b"http://a")]), r, st) is None
-    assert not st.encoders
+    s = request(headers=[(b"origin", b"http://a")])
+    assert f.decode_headers(s, r) is None
+    assert s.filter_state is None  # nothing to do: no state allocated
     assert stats.counters == {"origin_valid": 2, "origin_invalid": 1}
 
 
@@ -220,11 +217,12 @@ def test_cors_star_matcher_allows_any_origin_and_route_level_wins() -> None:
         {"filter_enabled": {"default_value": {"numerator": 0}}},
         {"allow_origin_string_match": [{"safe_regex": {"regex": "\\*"}}]},
     )
-    assert f.decode_headers(request(headers=[(b"origin", b"https://x")]), r, st := state()) is None
-    assert not st.encoders  # disabled by the route's filter_enabled 0%
+    s = request(headers=[(b"origin", b"https://x")])
+    assert f.decode_headers(s, r) is None
+    assert s.filter_state is None  # disabled by the route's filter_enabled 0%
     f, r, _ = cors_filter({}, {"allow_origin_string_match": [{"safe_regex": {"regex": "\\*"}}]})
-    f.decode_headers(request(headers=[(b"origin", b"https://x")]), r, st := state())
-    assert st.encoders
+    f.decode_headers(s, r)
+    assert s.filter_state.encoders
 
 
 def test_cors_shadow_counts_only() -> None:
@@ -238,7 +236,7 @@ def test_cors_shadow_counts_only() -> None:
     pre = request(
         b"OPTIONS", headers=[(b"origin", b"https://a"), (b"access-control-request-method", b"GET")]
     )
-    assert f.decode_headers(pre, r, state()) is None
+    assert f.decode_headers(pre, r) is None
     assert stats.counters["origin_valid"] == 1
 
 
@@ -256,7 +254,8 @@ def fault_filter(config: dict[str, Any], runtime: Runtime | None = None) -> tupl
 def test_fault_abort_and_delay() -> None:
     f, stats = fault_filter({"abort": {"http_status": 503, "percentage": {"numerator": 100}}})
     s = request()
-    out = f.decode_headers(s, None, st := state())
+    out = f.decode_headers(s, None)
+    st = s.filter_state
     assert isinstance(out, LocalAnswer)
     assert (out.reply.code, out.reply.flag, out.reply.details) == (
         503,
@@ -274,7 +273,8 @@ def test_fault_abort_and_delay() -> None:
         }
     )
     s = request()
-    out = f.decode_headers(s, None, st := state())
+    out = f.decode_headers(s, None)
+    st = s.filter_state
     assert isinstance(out, Hold) and out.seconds == 1.5
     assert s.response_flags == ResponseFlag.DI
     after = f.resume(s, st)
@@ -285,25 +285,25 @@ def test_fault_abort_and_delay() -> None:
 def test_fault_percentages_runtime_and_headers() -> None:
     config = {"abort": {"http_status": 503, "percentage": {"numerator": 0}}}
     f, _ = fault_filter(config)
-    assert f.decode_headers(request(), None, state()) is None
+    assert f.decode_headers(request(), None) is None
     f, _ = fault_filter(
         config, Runtime(fault__http__abort__abort_percent=100, fault__http__abort__http_status=429)
     )
-    out = f.decode_headers(request(), None, state())
+    out = f.decode_headers(request(), None)
     assert isinstance(out, LocalAnswer) and out.reply.code == 429
     f, _ = fault_filter({"abort": {"header_abort": {}, "percentage": {"numerator": 100}}})
-    assert f.decode_headers(request(), None, state()) is None  # no header: no fault
+    assert f.decode_headers(request(), None) is None  # no header: no fault
     bad = request(headers=[(b"x-envoy-fault-abort-request", b"700")])
-    assert f.decode_headers(bad, None, state()) is None  # outside [200, 600)
+    assert f.decode_headers(bad, None) is None  # outside [200, 600)
     capped = request(
         headers=[
             (b"x-envoy-fault-abort-request", b"404"),
             (b"x-envoy-fault-abort-request-percentage", b"0"),
         ]
     )
-    assert f.decode_headers(capped, None, state()) is None
+    assert f.decode_headers(capped, None) is None
     ok = request(headers=[(b"x-envoy-fault-abort-request", b"404")])
-    out = f.decode_headers(ok, None, state())
+    out = f.decode_headers(ok, None)
     assert isinstance(out, LocalAnswer) and out.reply.code == 404
 
 
@@ -313,10 +313,10 @@ def test_fault_runtime_status_outside_200_600_keeps_the_configured_one(
 ) -> None:
     runtime = Runtime(fault__http__abort__http_status=runtime_status)
     f, _ = fault_filter({"abort": {"http_status": 503, "percentage": {"numerator": 100}}}, runtime)
-    out = f.decode_headers(request(), None, state())
+    out = f.decode_headers(request(), None)
     assert isinstance(out, LocalAnswer) and out.reply.code == 503
     f, _ = fault_filter({"abort": {"header_abort": {}, "percentage": {"numerator": 100}}}, runtime)
-    out = f.decode_headers(request(headers=[(b"x-envoy-fault-abort-request", b"404")]), None, state())
+    out = f.decode_headers(request(headers=[(b"x-envoy-fault-abort-request", b"404")]), None)
     assert isinstance(out, LocalAnswer) and out.reply.code == 404
 
 
@@ -324,12 +324,13 @@ def test_fault_limits() -> None:
     f, stats = fault_filter(
         {"abort": {"http_status": 503, "percentage": {"numerator": 100}}, "max_active_faults": 1}
     )
-    held = state()
-    assert f.decode_headers(request(), None, held) is not None
-    assert f.decode_headers(request(), None, state()) is None
+    s = request()
+    assert f.decode_headers(s, None) is not None
+    held = s.filter_state
+    assert f.decode_headers(request(), None) is None
     assert stats.counters["faults_overflow"] == 1
     held.close()
-    assert f.decode_headers(request(), None, state()) is not None
+    assert f.decode_headers(request(), None) is not None
     f, _ = fault_filter(
         {
             "abort": {"http_status": 503, "percentage": {"numerator": 100}},
@@ -338,9 +339,9 @@ def test_fault_limits() -> None:
         }
     )
     hit = request(headers=[(b"x-fault", b"1")])
-    assert f.decode_headers(hit, route({}, "a"), state()) is not None
-    assert f.decode_headers(hit, route({}, "b"), state()) is None
-    assert f.decode_headers(request(), route({}, "a"), state()) is None
+    assert f.decode_headers(hit, route({}, "a")) is not None
+    assert f.decode_headers(hit, route({}, "b")) is None
+    assert f.decode_headers(request(), route({}, "a")) is None
 
 
 def test_fault_refuses_what_it_does_not_do() -> None:
@@ -398,9 +399,8 @@ def compress(
     code: int = 200,
 ) -> tuple[Any, int]:
     s = request(headers=[(b"accept-encoding", accept)] if accept else [])
-    st = state()
-    f.decode_headers(s, None, st)
-    return s, st.encode_headers(s, code, headers, length)
+    f.decode_headers(s, None)
+    return s, s.filter_state.encode_headers(s, code, headers, length)
 
 
 def test_compressor_headers() -> None:
@@ -543,8 +543,8 @@ def test_rbac_allow_rules() -> None:
             }
         }
     )
-    assert f.decode_headers(request(path=b"/admin/x?y"), None, state()) is None
-    out = f.decode_headers(request(b"DELETE", b"/admin/x"), None, state())
+    assert f.decode_headers(request(path=b"/admin/x?y"), None) is None
+    out = f.decode_headers(request(b"DELETE", b"/admin/x"), None)
     assert isinstance(out, LocalAnswer)
     assert (out.reply.code, out.reply.body, out.reply.details, out.reply.flag) == (
         403,
@@ -552,8 +552,8 @@ def test_rbac_allow_rules() -> None:
         "rbac_access_denied_matched_policy[none]",
         0,
     )
-    assert f.decode_headers(request(path=b"/admin", peer="192.168.0.1"), None, state())
-    assert f.decode_headers(request(headers=[(b"x-key", b"k")], peer="::1"), None, state()) is None
+    assert f.decode_headers(request(path=b"/admin", peer="192.168.0.1"), None)
+    assert f.decode_headers(request(headers=[(b"x-key", b"k")], peer="::1"), None) is None
     assert stats.counters["allowed"] == 2 and stats.counters["denied"] == 2
 
 
@@ -582,10 +582,10 @@ def test_rbac_deny_rules_name_the_policy_and_shadow() -> None:
             "shadow_rules_stat_prefix": "s_",
         }
     )
-    out = f.decode_headers(request(), None, state())
+    out = f.decode_headers(request(), None)
     assert isinstance(out, LocalAnswer)
     assert out.reply.details == "rbac_access_denied_matched_policy[bad]"
-    assert f.decode_headers(request(peer="10.2.0.1"), None, state()) is None
+    assert f.decode_headers(request(peer="10.2.0.1"), None) is None
     assert stats.counters["s_shadow_denied"] == 2
 
 
@@ -630,8 +630,8 @@ def test_rbac_matcher_form_of_the_envoy_example() -> None:
         }
     )
     good = request(headers=[(b"referer", b"https://www.envoyproxy.io/docs/envoy/latest")])
-    assert f.decode_headers(good, None, state()) is None
-    out = f.decode_headers(request(), None, state())
+    assert f.decode_headers(good, None) is None
+    out = f.decode_headers(request(), None)
     assert isinstance(out, LocalAnswer)
     assert out.reply.details == "rbac_access_denied_matched_policy[illegal-referer]"
 
@@ -662,9 +662,9 @@ def test_rbac_refusals_and_per_route() -> None:
         'r.rules.policies["p"].principals[0].authenticated',
     ]
     f, _ = rbac_filter({"rules": {"policies": {}}})  # ALLOW with no policy: everything denied
-    assert f.decode_headers(request(), None, state()) is not None
+    assert f.decode_headers(request(), None) is not None
     off = f.compile_route((rbac.parse_per_route(Conv(), {}, "p"),))
-    assert f.decode_headers(request(), route({"rbac": off}), state()) is None
+    assert f.decode_headers(request(), route({"rbac": off})) is None
 
 
 # --- csrf -------------------------------------------------------------------------------------
@@ -690,15 +690,27 @@ def test_csrf() -> None:
             headers=[(k.encode(), v.encode()) for k, v in h.items()],
         )
 
-    assert f.decode_headers(post(origin="https://site.test:8080"), None, state()) is None
-    assert f.decode_headers(post(referer="http://site.test:8080/page"), None, state()) is None
-    assert f.decode_headers(post(origin="https://a.trusted.test"), None, state()) is None
-    out = f.decode_headers(post(origin="https://evil.test"), None, state())
+    assert f.decode_headers(post(origin="https://site.test:8080"), None) is None
+    assert f.decode_headers(post(referer="http://site.test:8080/page"), None) is None
+    assert f.decode_headers(post(origin="https://a.trusted.test"), None) is None
+    out = f.decode_headers(post(origin="https://evil.test"), None)
     assert isinstance(out, LocalAnswer) and out.reply.details == "csrf_origin_mismatch"
-    assert f.decode_headers(post(), None, state()) is not None
+    assert f.decode_headers(post(), None) is not None
     assert (
-        f.decode_headers(request(headers=[(b"origin", b"https://evil.test")]), None, state())
-        is None
+        f.decode_headers(request(headers=[(b"origin", b"https://evil.test")]), None) is None
     )  # GET is not checked
     assert stats.counters == {"missing_source_origin": 1, "request_invalid": 1, "request_valid": 3}
     assert csrf.host_and_port(b"https://h:1/x?y") == b"h:1"
+
+
+def test_a_chain_whose_filters_do_nothing_allocates_no_state() -> None:
+    quiet_fault, _ = fault_filter({"abort": {"http_status": 503, "percentage": {"numerator": 0}}})
+    quiet_cors, r, _ = cors_filter({})
+    chain = FilterChain([quiet_cors, quiet_fault])
+    s = request()
+    assert chain.decode_headers(s, r) is False
+    assert s.filter_state is None  # the stream's encode/close hooks stay one attribute test
+    s = request(headers=[(b"origin", b"https://a")])
+    loud_cors, r, _ = cors_filter({"allow_origin_string_match": [{"exact": "https://a"}]})
+    assert FilterChain([loud_cors, quiet_fault]).decode_headers(s, r) is False
+    assert s.filter_state is not None and len(s.filter_state.encoders) == 1

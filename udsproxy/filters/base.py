@@ -43,6 +43,7 @@ __all__ = [
     "RuntimeOf",
     "header_value",
     "parse_fraction",
+    "state_of",
 ]  # fmt: skip
 
 Node = Mapping[str, Any]
@@ -176,6 +177,10 @@ Outcome = LocalAnswer | Hold | None
 class Encoder(Protocol):
     """Per-request response-side work a filter registered while decoding."""
 
+    # whether it also sees a local reply's headers (Envoy's CORS does; the (de)compressors are
+    # left out: local reply bodies stay as they are)
+    on_local_reply: bool
+
     def encode_headers(self, s: Stream, code: int, headers: Headers, length: int) -> int:
         """Edit ``headers`` in place; return the content length to announce (-1: none)."""
         ...
@@ -203,7 +208,8 @@ class HttpFilter:
         """Compile a route's per-filter configs (most specific first) at config time."""
         return None
 
-    def decode_headers(self, s: Stream, route: CompiledRoute | None, state: FilterState) -> Outcome:
+    def decode_headers(self, s: Stream, route: CompiledRoute | None) -> Outcome:
+        """Look at the request; a filter that keeps per-request state takes ``state_of(s)``."""
         return None
 
     def resume(self, s: Stream, state: FilterState) -> Outcome:
@@ -215,13 +221,13 @@ class HttpFilter:
 
 
 class FilterState:
-    """One request's view of the chain: where it stands, its encoders, its timer."""
+    """One request's view of the chain: its encoders, what it holds, its timer. Made by
+    ``state_of`` when a filter first acts: a request no filter acts on allocates none."""
 
-    __slots__ = ("chain", "encoders", "index", "pending", "releases", "route", "timer")
+    __slots__ = ("encoders", "index", "pending", "releases", "route", "timer")
 
-    def __init__(self, chain: FilterChain, route: CompiledRoute | None) -> None:
-        self.chain = chain
-        self.route = route
+    def __init__(self) -> None:
+        self.route: CompiledRoute | None = None  # set when a filter holds the request
         self.index = 0
         self.encoders: list[Encoder] = []
         self.timer: asyncio.TimerHandle | None = None
@@ -234,6 +240,18 @@ class FilterState:
             length = encoder.encode_headers(s, code, headers, length)
         return length
 
+    def local_reply_headers(
+        self, s: Stream, code: int, extra: Sequence[tuple[bytes, bytes]]
+    ) -> Sequence[tuple[bytes, bytes]]:
+        """``extra`` and what encoders add to a local reply (e.g. CORS on an RBAC 403)."""
+        headers: Headers | None = None
+        for encoder in reversed(self.encoders):
+            if encoder.on_local_reply:
+                if headers is None:
+                    headers = list(extra)
+                encoder.encode_headers(s, code, headers, -1)
+        return extra if headers is None else headers
+
     def close(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
@@ -242,6 +260,14 @@ class FilterState:
             for f in self.releases:
                 f.release(self)
             self.releases = None
+
+
+def state_of(s: Stream) -> FilterState:
+    """The request's FilterState, made on first use."""
+    state = s.filter_state
+    if state is None:
+        state = s.filter_state = FilterState()
+    return state
 
 
 class FilterChain:
@@ -266,25 +292,23 @@ class FilterChain:
                     compiled[f.name] = f.compile_route(configs)
             route.filter_configs = compiled
 
-    def decode_headers(self, s: Stream, route: CompiledRoute | None) -> bool:
-        """Run the decoders; True when a filter answered or holds the request."""
-        state = FilterState(self, route)
-        s.filter_state = state
-        return self._run(s, state, 0)
-
-    def _run(self, s: Stream, state: FilterState, start: int) -> bool:
+    def decode_headers(self, s: Stream, route: CompiledRoute | None, start: int = 0) -> bool:
+        """Run the decoders (from ``start``); True when a filter answered or holds the
+        request."""
         filters = self.filters
         for i in range(start, len(filters)):
-            out = filters[i].decode_headers(s, state.route, state)
+            out = filters[i].decode_headers(s, route)
             if out is not None:
-                state.index = i
-                return self._act(s, state, out)
+                return self._act(s, route, i, out)
         return False
 
-    def _act(self, s: Stream, state: FilterState, out: LocalAnswer | Hold) -> bool:
+    def _act(self, s: Stream, route: CompiledRoute | None, i: int, out: LocalAnswer | Hold) -> bool:
         if isinstance(out, LocalAnswer):
             s.send_local_reply(out.reply, out.headers)
         else:
+            state = state_of(s)
+            state.route = route
+            state.index = i
             state.timer = s.ctx.loop.call_later(out.seconds, self._wake, s, state)
         return True
 
@@ -292,8 +316,9 @@ class FilterChain:
         state.timer = None
         if s.done:
             return
+        route = state.route
         out = self.filters[state.index].resume(s, state)
         if out is not None:
-            self._act(s, state, out)
-        elif not self._run(s, state, state.index + 1):
-            s.resume(state.route)
+            self._act(s, route, state.index, out)
+        elif not self.decode_headers(s, route, state.index + 1):
+            s.resume(route)

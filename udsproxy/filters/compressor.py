@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from udsproxy.filters.base import (
-    FilterState,
     Headers,
     HttpFilter,
     Node,
@@ -23,6 +22,7 @@ from udsproxy.filters.base import (
     Reporter,
     Runtime,
     header_value,
+    state_of,
 )
 from udsproxy.filters.codecs import (
     GZIP_LEVELS,
@@ -225,6 +225,7 @@ class _Response:
     """One request's compressor: what the request accepted, applied to the response headers."""
 
     __slots__ = ("accept", "filter")
+    on_local_reply = False
 
     def __init__(self, f: CompressorFilter, accept: bytes | None) -> None:
         self.filter = f
@@ -330,13 +331,13 @@ class CompressorFilter(HttpFilter):
     def compile_route(self, configs: tuple[Any, ...]) -> bool:
         return bool(configs[0])  # CompressorPerRoute.disabled of the most specific level
 
-    def decode_headers(self, s: Stream, route: CompiledRoute | None, state: FilterState) -> Outcome:
+    def decode_headers(self, s: Stream, route: CompiledRoute | None) -> Outcome:
         if route is not None and route.filter_configs.get(self.name):
             return None  # disabled on this route
         accept = header_value(s, b"accept-encoding")
         if self.config.remove_accept_encoding_header and accept is not None:
             s.headers[:] = [h for h in s.headers if h[0] != b"accept-encoding"]
-        state.encoders.append(_Response(self, accept))
+        state_of(s).encoders.append(_Response(self, accept))
         return None
 
 

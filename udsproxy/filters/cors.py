@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from udsproxy import http1
 from udsproxy.filters.base import (
-    FilterState,
     Fraction,
     Headers,
     HttpFilter,
@@ -27,6 +26,7 @@ from udsproxy.filters.base import (
     Runtime,
     header_value,
     parse_fraction,
+    state_of,
 )
 from udsproxy.filters.matchers import StringMatch, StringMatcher, parse_string_match
 
@@ -162,6 +162,7 @@ class _CorsResponse:
     """The response side of an accepted CORS request."""
 
     __slots__ = ("origin", "policies")
+    on_local_reply = True  # Envoy's encodeHeaders adds them to local replies too
 
     def __init__(self, policies: _Policies, origin: bytes) -> None:
         self.policies = policies
@@ -189,7 +190,7 @@ class CorsFilter(HttpFilter):
     def compile_route(self, configs: tuple[Any, ...]) -> _Policies:
         return _Policies(tuple(_Policy(c) for c in configs))
 
-    def decode_headers(self, s: Stream, route: CompiledRoute | None, state: FilterState) -> Outcome:
+    def decode_headers(self, s: Stream, route: CompiledRoute | None) -> Outcome:
         if route is None:
             return None
         policies: _Policies | None = route.filter_configs.get(self.name)
@@ -215,5 +216,5 @@ class CorsFilter(HttpFilter):
             ):
                 headers.append((b"access-control-allow-private-network", b"true"))
             return LocalAnswer(_PREFLIGHT_OK, headers)
-        state.encoders.append(_CorsResponse(policies, origin))
+        state_of(s).encoders.append(_CorsResponse(policies, origin))
         return None

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from udsproxy import http1
 from udsproxy.filters.base import (
-    FilterState,
     Fraction,
     HttpFilter,
     LocalAnswer,
@@ -93,7 +92,7 @@ class CsrfFilter(HttpFilter):
     def compile_route(self, configs: tuple[Any, ...]) -> _Policy:
         return _Policy(configs[0])
 
-    def decode_headers(self, s: Stream, route: CompiledRoute | None, state: FilterState) -> Outcome:
+    def decode_headers(self, s: Stream, route: CompiledRoute | None) -> Outcome:
         policy: _Policy = self.policy
         if route is not None:
             policy = route.filter_configs.get(self.name, policy)

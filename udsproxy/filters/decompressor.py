@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from udsproxy.filters.base import (
-    FilterState,
     Headers,
     HttpFilter,
     Node,
     Outcome,
     Reporter,
     Runtime,
+    state_of,
 )
 from udsproxy.filters.codecs import GzipDecompressor, GzipDecompressorConfig
 
@@ -124,6 +124,7 @@ def _no_transform(headers: Headers) -> bool:
 
 class _Response:
     __slots__ = ("filter",)
+    on_local_reply = False
 
     def __init__(self, f: DecompressorFilter) -> None:
         self.filter = f
@@ -164,10 +165,10 @@ class DecompressorFilter(HttpFilter):
             return bool(self.runtime.integer(direction.runtime_key, int(direction.enabled)))
         return direction.enabled
 
-    def decode_headers(self, s: Stream, route: CompiledRoute | None, state: FilterState) -> Outcome:
+    def decode_headers(self, s: Stream, route: CompiledRoute | None) -> Outcome:
         config = self.config
         if self._enabled(config.response):
-            state.encoders.append(self.encoder)
+            state_of(s).encoders.append(self.encoder)
             if config.advertise_accept_encoding:
                 _advertise(s)
         if self._enabled(config.request) and (s.req_cl > 0 or s.req_chunked):

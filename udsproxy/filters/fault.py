@@ -27,6 +27,7 @@ from udsproxy.filters.base import (
     header_value,
     parse_fraction,
     randrange,
+    state_of,
 )
 from udsproxy.filters.matchers import HeaderMatch, HeaderMatcher, parse_header_match
 from udsproxy.flags import ResponseFlag
@@ -163,7 +164,7 @@ class FaultFilter(HttpFilter):
     def compile_route(self, configs: tuple[Any, ...]) -> _Fault:
         return _Fault(configs[0])  # the most specific HTTPFault replaces the filter's
 
-    def decode_headers(self, s: Stream, route: CompiledRoute | None, state: FilterState) -> Outcome:
+    def decode_headers(self, s: Stream, route: CompiledRoute | None) -> Outcome:
         fault: _Fault = self.fault
         if route is not None:
             fault = route.filter_configs.get(self.name, fault)
@@ -183,6 +184,7 @@ class FaultFilter(HttpFilter):
                 self.counters["faults_overflow"] += 1
                 return None
         self.gauges["active_faults"] += 1
+        state = state_of(s)
         if state.releases is None:
             state.releases = []
         state.releases.append(self)
@@ -241,7 +243,6 @@ class FaultFilter(HttpFilter):
             )
         n = self.runtime.integer(_ABORT_PERCENT, fraction.numerator)
         return reply if _draw(n, fraction.denominator) else None
-
 
     def _runtime_status(self, default: int) -> int:
         """fault.http.abort.http_status overrides the status (Envoy's getInteger); a value that

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from udsproxy import http1
-from udsproxy.filters.base import FilterState, HttpFilter, LocalAnswer, Node, Outcome, Reporter
+from udsproxy.filters.base import HttpFilter, LocalAnswer, Node, Outcome, Reporter
 from udsproxy.filters.matchers import (
     HeaderMatch,
     HeaderMatcher,
@@ -389,7 +389,7 @@ class RbacFilter(HttpFilter):
     def compile_route(self, configs: tuple[Any, ...]) -> _Compiled:
         return _Compiled(configs[0])
 
-    def decode_headers(self, s: Stream, route: CompiledRoute | None, state: FilterState) -> Outcome:
+    def decode_headers(self, s: Stream, route: CompiledRoute | None) -> Outcome:
         compiled: _Compiled = self.compiled
         if route is not None:
             compiled = route.filter_configs.get(self.name, compiled)
