@@ -248,10 +248,8 @@ class Stream(StreamInfo):
         n = len(data)
         self.bytes_received += n
         if self.req_coder is not None:
-            data = self.req_coder.encode(data)
-            n = len(data)
-            if not n:
-                return  # an empty chunk would end a chunked body
+            self._pump_request(data)
+            return
         up = self.upstream
         if self.retain_body:
             conn = self.conn
@@ -271,18 +269,47 @@ class Stream(StreamInfo):
             else:
                 up.transport.write(data)
 
+    def _pump_request(self, data: bytes = b"") -> None:
+        """The request body through its decompressor, a bounded piece at a time while the
+        upstream takes it (before it is sent: while the held body is under the buffer limit);
+        the rest waits compressed in the coder for _send or on_upstream_write_resumed. Once the
+        request is complete and the coder drained: its tail and the last chunk."""
+        coder = self.req_coder
+        assert coder is not None
+        self.req_coder = None  # the pieces take on_request_body's plain path
+        piece = coder.encode(data) if data else coder.more()
+        while piece:
+            self.bytes_received -= len(piece)  # counted when received, not when inflated
+            self.on_request_body(piece)
+            up = self.upstream
+            if self.done or (
+                self.conn.body_buffered > self.ctx.buffer_limit
+                if up is None
+                else self.conn.blocked & BLOCK_UPSTREAM_WRITE
+            ):
+                self.req_coder = coder
+                return
+            piece = coder.more()
+        if not self.request_complete:
+            self.req_coder = coder
+            return
+        tail = coder.finish()
+        if tail:
+            self.bytes_received -= len(tail)
+            self.on_request_body(tail)
+        up = self.upstream
+        if up is not None and up.transport is not None:
+            up.transport.write(_LAST_CHUNK)
+            self.last_upstream_tx_mono = time.monotonic()
+
     def on_request_complete(self) -> None:
-        if self.req_coder is not None:
-            coder, self.req_coder = self.req_coder, None
-            tail = coder.finish()
-            if tail:
-                self.bytes_received -= len(tail)  # counted when received, not when inflated
-                self.on_request_body(tail)
         self.request_complete = True
         self.deadline = 0.0  # request_timeout's, if any: the route timeout starts now
         self.last_downstream_rx_mono = time.monotonic()
         up = self.upstream
-        if up is not None and up.transport is not None:
+        if self.req_coder is not None:
+            self._pump_request()  # what the decompressor holds, then the last chunk
+        elif up is not None and up.transport is not None:
             if self.req_chunked:
                 up.transport.write(_LAST_CHUNK)
             self.last_upstream_tx_mono = self.last_downstream_rx_mono
@@ -491,11 +518,13 @@ class Stream(StreamInfo):
                 data += self.body
         if self.conn.body_buffered > self.ctx.buffer_limit:
             self._drop_body()
-        if self.request_complete:
+        if self.request_complete and self.req_coder is None:
             if self.req_chunked:
                 data.append(_LAST_CHUNK)
             self.last_upstream_tx_mono = time.monotonic()
         up.send(self, data)
+        if self.req_coder is not None:
+            self._pump_request()  # a held body the decompressor has not let out yet
         if (
             self.conn.blocked & BLOCK_BODY_BUFFER
             and self.conn.body_buffered <= self.ctx.buffer_limit
@@ -586,9 +615,14 @@ class Stream(StreamInfo):
 
     def on_response_body(self, data: bytes | memoryview) -> None:
         if self.resp_coder is not None:
-            data = self.resp_coder.encode(data)
-            if not data:
-                return  # an empty chunk would end a chunked body
+            coder = self.resp_coder
+            self.resp_coder = None  # the pieces take the plain path below
+            piece = coder.encode(data)
+            while piece:  # an empty chunk would end a chunked body
+                self.on_response_body(piece)  # a decompressor's: at most the buffer limit
+                piece = coder.more()
+            self.resp_coder = coder
+            return
         n = len(data)
         self.bytes_sent += n
         conn = self.conn
@@ -792,6 +826,8 @@ class Stream(StreamInfo):
 
     def on_upstream_write_resumed(self) -> None:
         self.conn.block_reading(BLOCK_UPSTREAM_WRITE, False)
+        if self.req_coder is not None and self.upstream is not None:
+            self._pump_request()
 
     def no_replay(self) -> None:
         """The body goes upstream without passing through Python: keep none of it for a retry."""

@@ -370,6 +370,49 @@ def test_gzip_request_body_decompressed(filtered: tuple[ProxyProcess, AccessLog]
     assert info["length"] == len(plain) and info["chunked"] is True
 
 
+def _peak_rss_kib(proc: ProxyProcess) -> int:
+    for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM")
+
+
+def test_gzip_held_request_body_inflates_in_bounded_pieces(
+    filtered: tuple[ProxyProcess, AccessLog],
+) -> None:
+    # A gzip body held behind a pipelined request (under the 1 MiB buffer limit) that inflates
+    # to 32 MiB, sent to a slow reader: the proxy lets it out a piece at a time as the upstream
+    # takes it, never the whole inflated body at once.
+    proc, _ = filtered
+    size = 32 << 20
+    plain = bytearray(size)
+    plain[::96] = os.urandom(len(range(0, size, 96)))  # about 40:1, under max_inflate_ratio
+    packed = gzip.compress(bytes(plain), 6)
+    assert len(packed) < 1 << 20
+    before = _peak_rss_kib(proc)
+    sock = socket.create_connection(("127.0.0.1", proc.port), timeout=30)
+    try:
+        sock.sendall(
+            b"GET /py/slow?ms=200 HTTP/1.1\r\nHost: f\r\n\r\n"
+            b"POST /py/slow-sink?slow_s=2 HTTP/1.1\r\nHost: f\r\nContent-Encoding: gzip\r\n"
+            b"Content-Type: application/x-test\r\n"
+            + b"Content-Length: %d\r\n\r\n" % len(packed)
+            + packed
+        )
+        first = http.client.HTTPResponse(sock)
+        first.begin()
+        assert first.status == 200 and first.read().strip() == b"slow"
+        second = http.client.HTTPResponse(sock)
+        second.begin()
+        info = json.loads(second.read())
+    finally:
+        sock.close()
+    assert second.status == 200
+    assert info["length"] == size and info["chunked"] is True
+    assert info["sha256"] == hashlib.sha256(plain).hexdigest()
+    assert _peak_rss_kib(proc) - before < 16 << 10  # well under the 32 MiB it inflates to
+
+
 def test_rbac_denies(filtered: tuple[ProxyProcess, AccessLog]) -> None:
     proc, log = filtered
     ua = "filters/rbac-path"

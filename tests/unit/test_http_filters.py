@@ -487,14 +487,38 @@ def test_gzip_coders_round_trip_and_bomb() -> None:
     c = GzipCompressor(GzipConfig(compression_level="BEST_SPEED"), counters)
     packed = c.encode(plain) + c.finish()
     d = GzipDecompressor(GzipDecompressorConfig(chunk_size=1000), counters)
-    out = b"".join(d.encode(packed[i : i + 700]) for i in range(0, len(packed), 700)) + d.finish()
-    assert out == plain
+    out = b"".join(_drain(d, packed[i : i + 700]) for i in range(0, len(packed), 700))
+    assert out + d.finish() == plain
     bomb = zlib.compressobj(9, zlib.DEFLATED, 31)
     packed = bomb.compress(b"\0" * 10_000_000) + bomb.flush()
     d = GzipDecompressor(GzipDecompressorConfig(), counters)
-    out = d.encode(packed)
+    out = _drain(d, packed)
     assert len(out) <= len(packed) * 100 and counters["zlib_data_error"] == 1
     assert d.encode(b"more") == b"" and d.finish() == b""
+
+
+def _drain(coder: GzipDecompressor, data: bytes, limit: int = 1 << 62) -> bytes:
+    pieces = [coder.encode(data)]
+    while pieces[-1]:
+        assert len(pieces[-1]) <= limit
+        pieces.append(coder.more())
+    return b"".join(pieces)
+
+
+def test_gzip_decompressor_pieces_stay_under_the_buffer_limit() -> None:
+    counters = Stats().counter_set(
+        "total_uncompressed_bytes", "total_compressed_bytes", "zlib_data_error"
+    )
+    plain = bytearray(8 << 20)
+    plain[::64] = os.urandom(len(plain) // 64)  # about 25:1, under max_inflate_ratio
+    packed = gzip.compress(bytes(plain))
+    d = GzipDecompressor(GzipDecompressorConfig(), counters, limit=64 << 10)
+    first = d.encode(packed)  # one call: one piece, the rest stays compressed in the coder
+    assert 0 < len(first) <= 64 << 10
+    assert first + _drain(d, b"", 64 << 10) + d.finish() == plain
+    assert counters["zlib_data_error"] == 0
+    assert counters["total_uncompressed_bytes"] == len(plain)
+    assert counters["total_compressed_bytes"] == len(packed)
 
 
 # --- rbac -------------------------------------------------------------------------------------

@@ -187,9 +187,13 @@ class Encoder(Protocol):
 
 
 class BodyCoder(Protocol):
-    """Transforms a body as it streams (compress/decompress); output may be empty."""
+    """Transforms a body as it streams (compress/decompress); output may be empty. ``encode``
+    returns the first piece of what ``data`` makes, ``more`` the next ones until b"" (a
+    decompressor's pieces are bounded by the buffer limit)."""
 
     def encode(self, data: bytes | memoryview) -> bytes: ...
+
+    def more(self) -> bytes: ...
 
     def finish(self) -> bytes: ...
 

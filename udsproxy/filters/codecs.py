@@ -92,6 +92,9 @@ class GzipCompressor:
         stats["total_compressed_bytes"] += len(out)
         return out
 
+    def more(self) -> bytes:
+        return b""  # each encode returns all it made (compressed: no bigger than its input)
+
     def finish(self) -> bytes:
         out = self.obj.flush(zlib.Z_FINISH)
         self.stats["total_compressed_bytes"] += len(out)
@@ -122,6 +125,9 @@ class BrotliCompressor:
         stats["total_compressed_bytes"] += len(out)
         return out
 
+    def more(self) -> bytes:
+        return b""  # each encode returns all it made (compressed: no bigger than its input)
+
     def finish(self) -> bytes:
         out: bytes = self.obj.finish()
         self.stats["total_compressed_bytes"] += len(out)
@@ -129,48 +135,75 @@ class BrotliCompressor:
 
 
 class GzipDecompressor:
-    """Inflates in steps of ``chunk_size`` output bytes; more than ``max_inflate_ratio`` times
-    the input is an error (a zip bomb), as is corrupt input: the rest of the body is dropped and
-    ``zlib_data_error`` counted (Envoy's gzip decompressor also stops at a zlib error)."""
+    """Inflates in bounded pieces: ``encode``/``feed`` take compressed input, ``more`` returns
+    the next piece of at most ``limit`` bytes (the listener's buffer limit) and keeps the rest of
+    the input compressed, so the caller decides how much to let out (as far as the peer takes
+    it). More than ``max_inflate_ratio`` times the input is an error (a zip bomb), as is corrupt
+    input: the rest of the body is dropped and ``zlib_data_error`` counted (Envoy's gzip
+    decompressor also stops at a zlib error)."""
 
-    __slots__ = ("chunk", "failed", "obj", "ratio", "stats", "total_in", "total_out")
+    __slots__ = (
+        "chunk", "failed", "limit", "obj", "pending", "ratio", "stats", "total_in", "total_out",
+    )  # fmt: skip
 
-    def __init__(self, config: GzipDecompressorConfig, stats: dict[str, int]) -> None:
+    def __init__(
+        self, config: GzipDecompressorConfig, stats: dict[str, int], limit: int = 1 << 20
+    ) -> None:
         # +16: gzip only (Envoy's gzip decompressor reads the gzip wrapper)
         self.obj = zlib.decompressobj(16 + config.window_bits)
         self.chunk = config.chunk_size
         self.ratio = config.max_inflate_ratio
+        self.limit = max(limit, self.chunk)
         self.stats = stats
         self.total_in = 0
         self.total_out = 0
         self.failed = False
+        self.pending = b""  # compressed input not inflated yet
+
+    def feed(self, data: bytes | memoryview) -> None:
+        if self.failed:
+            return
+        n = len(data)
+        self.total_in += n
+        self.stats["total_compressed_bytes"] += n
+        self.pending = self.pending + bytes(data) if self.pending else bytes(data)
 
     def encode(self, data: bytes | memoryview) -> bytes:
-        if self.failed:
+        """Take ``data``; the first piece of what is pending (``more`` gives the rest)."""
+        self.feed(data)
+        return self.more()
+
+    def more(self) -> bytes:
+        """The next piece (at most ``limit`` bytes); b"" when the input so far is used up."""
+        pending = self.pending
+        if self.failed or not pending:
             return b""
-        self.total_in += len(data)
-        limit = self.total_in * self.ratio
         obj = self.obj
+        limit = self.total_in * self.ratio
         parts: list[bytes] = []
-        pending = bytes(data)
+        size = 0
+        room = self.limit
         try:
-            while pending:
-                out = obj.decompress(pending, self.chunk)
+            while pending and size < room:
+                out = obj.decompress(pending, min(self.chunk, room - size))
+                pending = obj.unconsumed_tail
                 self.total_out += len(out)
                 if self.total_out > limit:
                     raise zlib.error("max_inflate_ratio exceeded")
                 parts.append(out)
-                pending = obj.unconsumed_tail
+                size += len(out)
         except zlib.error:
             self.failed = True
+            self.pending = b""
             self.stats["zlib_data_error"] += 1
             return b"".join(parts)
+        self.pending = pending
         out = b"".join(parts)
-        self.stats["total_compressed_bytes"] += len(data)
-        self.stats["total_uncompressed_bytes"] += len(out)
+        self.stats["total_uncompressed_bytes"] += size
         return out
 
     def finish(self) -> bytes:
+        """The end of the input (call once ``more`` returned b"")."""
         if self.failed:
             return b""
         out = self.obj.flush()

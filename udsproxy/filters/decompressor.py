@@ -140,7 +140,7 @@ class _Response:
             return length
         _strip_gzip(headers, at)
         f.response_stats["decompressed"] += 1
-        s.resp_coder = GzipDecompressor(f.config.library, f.response_stats)
+        s.resp_coder = GzipDecompressor(f.config.library, f.response_stats, s.ctx.buffer_limit)
         return -1
 
 
@@ -186,18 +186,17 @@ class DecompressorFilter(HttpFilter):
             return
         _strip_gzip(headers, at)
         stats["decompressed"] += 1
-        coder = GzipDecompressor(self.config.library, stats)
+        coder = GzipDecompressor(self.config.library, stats, s.ctx.buffer_limit)
         s.req_chunked = True  # the length changes: chunked upstream (and never spliced)
-        if s.body:  # what arrived before the stream started (a pipelined request)
-            raw = b"".join(s.body)
-            out = coder.encode(raw)
-            if s.request_complete:
-                out += coder.finish()
-            s.conn.body_buffered += len(out) - s.body_size
-            s.body = [out] if out else []
-            s.body_size = len(out)
-        if not s.request_complete:
-            s.req_coder = coder
+        if s.body:
+            # What arrived before the stream started (a pipelined request): it stays compressed
+            # in the coder and is inflated a piece at a time as the upstream takes it.
+            for chunk in s.body:
+                coder.feed(chunk)
+            s.conn.body_buffered -= s.body_size
+            s.body = []
+            s.body_size = 0
+        s.req_coder = coder
 
 
 def _advertise(s: Stream) -> None:
