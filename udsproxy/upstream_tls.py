@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import re
 import ssl
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from udsproxy import http1
 from udsproxy.config import datasource, schema
+from udsproxy.headermatch import StringMatch
 from udsproxy.stats.store import SslStats
 from udsproxy.tls import load_cert_chain
 
@@ -108,22 +108,6 @@ def _dns_match(name: str, san: str) -> bool:
     return False
 
 
-def _string_match(matcher: schema.SanMatcher, value: str) -> bool:
-    if matcher.safe_regex is not None:
-        return re.fullmatch(matcher.safe_regex, value) is not None
-    if matcher.ignore_case:
-        value = value.lower()
-    for pattern, test in (
-        (matcher.exact, str.__eq__),
-        (matcher.prefix, str.startswith),
-        (matcher.suffix, str.endswith),
-        (matcher.contains, str.__contains__),
-    ):
-        if pattern is not None:
-            return bool(test(value, pattern.lower() if matcher.ignore_case else pattern))
-    return False
-
-
 def _normalized_sans(cert: dict[str, Any]) -> list[tuple[str, str]]:
     out = []
     for kind, value in cert.get("subjectAltName", ()):
@@ -154,7 +138,7 @@ def san_matches(matchers: Sequence[schema.SanMatcher], sans: Iterable[tuple[str,
             if san_type == "DNS" and matcher.exact is not None:
                 if _dns_match(matcher.exact, value):
                     return True
-            elif _string_match(matcher, value):
+            elif StringMatch(matcher).match_text(value):
                 return True
     return False
 

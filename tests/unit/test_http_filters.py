@@ -11,23 +11,21 @@ from typing import Any
 
 import pytest
 
-from udsproxy.filters import compressor, cors, csrf, fault, rbac
-from udsproxy.filters.base import FilterChain, Fraction, Hold, LocalAnswer, parse_fraction
-from udsproxy.filters.codecs import (
-    BrotliCompressor,
+from udsproxy.config import convert_filters as cf
+from udsproxy.config import filter_schema as fs
+from udsproxy.config.convert_matchers import header_matcher, string_matcher
+from udsproxy.config.filter_schema import (
     BrotliConfig,
-    GzipCompressor,
+    Fraction,
     GzipConfig,
-    GzipDecompressor,
     GzipDecompressorConfig,
 )
-from udsproxy.filters.matchers import (
-    HeaderMatcher,
-    StringMatcher,
-    parse_header_match,
-    parse_string_match,
-)
+from udsproxy.config.schema import SanMatcher
+from udsproxy.filters import compressor, cors, csrf, fault, rbac
+from udsproxy.filters.base import FilterChain, Hold, LocalAnswer, sample
+from udsproxy.filters.codecs import BrotliCompressor, GzipCompressor, GzipDecompressor
 from udsproxy.flags import ResponseFlag
+from udsproxy.headermatch import HeaderMatch, StringMatch
 from udsproxy.streaminfo import Peer
 
 
@@ -80,11 +78,13 @@ def request(
     headers: list[tuple[bytes, bytes]] | None = None,
     peer: str = "10.1.2.3",
 ) -> Any:
+    hs = headers or []
     return SimpleNamespace(
         method=method,
         path=path,
         authority=authority,
-        headers=headers or [],
+        headers=hs,
+        request_headers=hs,  # the same list, as a Stream's after its connection manager edits
         ctx=SimpleNamespace(scheme=b"http"),
         downstream_remote=Peer(peer, 1234),
         downstream_direct_remote=Peer(peer, 1234),
@@ -119,15 +119,15 @@ def route(filter_configs: dict[str, Any], cluster: str = "c") -> Any:
     ],
 )
 def test_string_matcher(node: dict[str, Any], value: bytes, expected: bool) -> None:
-    m = parse_string_match(Conv(), node, "m")
+    m = string_matcher(Conv(), node, "m")
     assert m is not None
-    assert StringMatcher(m).match(value) is expected
+    assert StringMatch(m).match(value) is expected
 
 
 def test_string_matcher_refuses_custom_and_bad_regex() -> None:
     conv = Conv()
-    assert parse_string_match(conv, {"safe_regex": {"regex": "("}}, "m") is None
-    parse_string_match(conv, {"custom": {}}, "m")
+    assert string_matcher(conv, {"safe_regex": {"regex": "("}}, "m") is None
+    string_matcher(conv, {"custom": {}}, "m")
     assert [p for p, _ in conv.errors] == ["m.safe_regex.regex", "m.custom"]
 
 
@@ -135,9 +135,9 @@ def test_header_matcher() -> None:
     s = request(headers=[(b"x-a", b"1"), (b"x-a", b"2")], path=b"/p?q")
 
     def match(node: dict[str, Any]) -> bool:
-        m = parse_header_match(Conv(), node, "h")
+        m = header_matcher(Conv(), node, "h")
         assert m is not None
-        return HeaderMatcher(m).match(s)
+        return HeaderMatch(m).match(s)
 
     assert match({"name": "x-a", "string_match": {"exact": "1,2"}})  # repeated: joined
     assert match({"name": "x-a", "present_match": True})
@@ -152,15 +152,32 @@ def test_header_matcher() -> None:
     assert not match({"name": "x-a", "range_match": {"start": 0, "end": 5}})  # "1,2" not an int
 
 
+def test_one_matcher_semantics_for_local_replies_and_filters() -> None:
+    # Envoy: ignore_case has no effect on safe_regex; :scheme is the sanitized x-forwarded-proto
+    conv = Conv()
+    folded_regex = {"safe_regex": {"regex": "ab+"}, "ignore_case": True}
+    regex = header_matcher(conv, {"name": "x-a", "string_match": folded_regex}, "h")
+    scheme = header_matcher(conv, {"name": ":scheme", "exact_match": "https"}, "h")
+    empty = header_matcher(conv, {"name": "x-a", "string_match": {"ignore_case": True}}, "h")
+    assert regex is not None and scheme is not None and empty is not None and not conv.errors
+    s = request(headers=[(b"x-a", b"ABB"), (b"x-forwarded-proto", b"https")])
+    assert not HeaderMatch(regex).match(s)
+    assert HeaderMatch(regex).match(request(headers=[(b"x-a", b"abb")]))
+    assert HeaderMatch(scheme).match(s)  # the listener is plain http (ctx.scheme)
+    assert not HeaderMatch(empty).match(s)  # exact "" (the proto default), not a presence match
+    assert HeaderMatch(empty).match(request(headers=[(b"x-a", b"")]))
+    assert StringMatch(SanMatcher(san_type="DNS", prefix="API.", ignore_case=True)).match(b"api.x")
+
+
 def test_fraction() -> None:
-    f = parse_fraction(
+    f = cf.parse_fraction(
         Conv(), {"default_value": {"numerator": 0}, "runtime_key": "k"}, "f", 100, runtime=True
     )
     assert f == Fraction(numerator=0, runtime_key="k")
-    assert not f.sample(Runtime())
-    assert f.sample(Runtime(k=100))
-    assert parse_fraction(Conv(), None, "f", 100).sample(Runtime())
-    million = parse_fraction(Conv(), {"numerator": 5, "denominator": "MILLION"}, "f", 0)
+    assert not sample(f, Runtime())
+    assert sample(f, Runtime(k=100))
+    assert sample(cf.parse_fraction(Conv(), None, "f", 100), Runtime())
+    million = cf.parse_fraction(Conv(), {"numerator": 5, "denominator": "MILLION"}, "f", 0)
     assert million.denominator == 1_000_000
 
 
@@ -170,7 +187,7 @@ def test_fraction() -> None:
 def cors_filter(*policies: dict[str, Any]) -> tuple[cors.CorsFilter, Any, Stats]:
     stats = Stats()
     f = cors.CorsFilter("envoy.filters.http.cors", Runtime(), stats)  # type: ignore[arg-type]
-    parsed = tuple(cors.parse_policy(Conv(), p, "p") for p in policies)
+    parsed = tuple(cf.parse_cors_policy(Conv(), p, "p") for p in policies)
     return f, route({f.name: f.compile_route(parsed)}), stats
 
 
@@ -245,7 +262,7 @@ def test_cors_shadow_counts_only() -> None:
 
 def fault_filter(config: dict[str, Any], runtime: Runtime | None = None) -> tuple[Any, Stats]:
     conv = Conv()
-    parsed = fault.parse_fault(conv, config, "f")
+    parsed = cf.parse_fault(conv, config, "f")
     assert not conv.errors, conv.errors
     stats = Stats()
     return fault.FaultFilter("fault", parsed, runtime or Runtime(), stats), stats  # type: ignore[arg-type]
@@ -346,7 +363,7 @@ def test_fault_limits() -> None:
 
 def test_fault_refuses_what_it_does_not_do() -> None:
     conv = Conv()
-    fault.parse_fault(conv, {"abort": {"grpc_status": 5}, "response_rate_limit": {}}, "f")
+    cf.parse_fault(conv, {"abort": {"grpc_status": 5}, "response_rate_limit": {}}, "f")
     paths = [p for p, _ in conv.errors]
     assert "f.response_rate_limit" in paths and "f.abort.grpc_status" in paths
 
@@ -379,12 +396,12 @@ def compressor_filter(**response: Any) -> tuple[compressor.CompressorFilter, Sta
     node = {
         "compressor_library": {
             "name": "lib",
-            "typed_config": {"@type": compressor.GZIP_TYPE, "window_bits": 10},
+            "typed_config": {"@type": fs.GZIP_COMPRESSOR_TYPE, "window_bits": 10},
         },
         "response_direction_config": response,
     }
     conv = Conv()
-    config = compressor.parse_compressor(conv, node, "c")
+    config = cf.parse_compressor(conv, node, "c")
     assert config is not None and not conv.errors, conv.errors
     assert config.stat_prefix == "compressor.lib.gzip.response."
     stats = Stats()
@@ -466,7 +483,7 @@ def test_compressor_config_refusals() -> None:
         "compressor_library": {"name": "x", "typed_config": {"@type": "zstd.Zstd"}},
         "request_direction_config": {"common_config": {}},
     }
-    assert compressor.parse_compressor(conv, node, "c") is None
+    assert cf.parse_compressor(conv, node, "c") is None
     messages = " ".join(m for _, m in conv.errors)
     assert "request compression" in messages and "only gzip and brotli" in messages
 
@@ -526,7 +543,7 @@ def test_gzip_decompressor_pieces_stay_under_the_buffer_limit() -> None:
 
 def rbac_filter(node: dict[str, Any]) -> tuple[rbac.RbacFilter, Stats]:
     conv = Conv()
-    config = rbac.parse_rbac(conv, node, "r")
+    config = cf.parse_rbac(conv, node, "r")
     assert not conv.errors, conv.errors
     stats = Stats()
     return rbac.RbacFilter("rbac", config, stats), stats  # type: ignore[arg-type]
@@ -616,11 +633,11 @@ def test_rbac_deny_rules_name_the_policy_and_shadow() -> None:
 def test_rbac_matcher_form_of_the_envoy_example() -> None:
     header_input = {
         "name": "i",
-        "typed_config": {"@type": rbac.HEADER_INPUT, "header_name": "referer"},
+        "typed_config": {"@type": fs.HEADER_INPUT_TYPE, "header_name": "referer"},
     }
     action = {
         "name": "a",
-        "typed_config": {"@type": rbac.ACTION_TYPE, "name": "illegal-referer", "action": "DENY"},
+        "typed_config": {"@type": fs.RBAC_ACTION_TYPE, "name": "illegal-referer", "action": "DENY"},
     }
     f, _ = rbac_filter(
         {
@@ -647,7 +664,7 @@ def test_rbac_matcher_form_of_the_envoy_example() -> None:
                 "on_no_match": {
                     "action": {
                         "name": "a",
-                        "typed_config": {"@type": rbac.ACTION_TYPE, "name": "all-pass"},
+                        "typed_config": {"@type": fs.RBAC_ACTION_TYPE, "name": "all-pass"},
                     }
                 },
             }
@@ -662,7 +679,7 @@ def test_rbac_matcher_form_of_the_envoy_example() -> None:
 
 def test_rbac_refusals_and_per_route() -> None:
     conv = Conv()
-    rbac.parse_rbac(
+    cf.parse_rbac(
         conv,
         {
             "rules": {
@@ -687,7 +704,7 @@ def test_rbac_refusals_and_per_route() -> None:
     ]
     f, _ = rbac_filter({"rules": {"policies": {}}})  # ALLOW with no policy: everything denied
     assert f.decode_headers(request(), None) is not None
-    off = f.compile_route((rbac.parse_per_route(Conv(), {}, "p"),))
+    off = f.compile_route((cf.parse_rbac_per_route(Conv(), {}, "p"),))
     assert f.decode_headers(request(), route({"rbac": off})) is None
 
 
@@ -696,7 +713,7 @@ def test_rbac_refusals_and_per_route() -> None:
 
 def test_csrf() -> None:
     conv = Conv()
-    policy = csrf.parse_csrf(
+    policy = cf.parse_csrf(
         conv,
         {
             "filter_enabled": {"default_value": {"numerator": 100}},

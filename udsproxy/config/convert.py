@@ -14,9 +14,10 @@ import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
-import udsproxy.filters as http_filter_types
 from udsproxy.accesslog.formatter import FormatError, compile_access_log
+from udsproxy.config import convert_filters as http_filter_types
 from udsproxy.config import convert_shaping as shaping
+from udsproxy.config import filter_schema
 from udsproxy.config.datasource import decode_base64
 from udsproxy.config.schema import (
     AccessLog,
@@ -48,7 +49,6 @@ from udsproxy.config.schema import (
 )
 from udsproxy.config.validate import entry, item, join
 from udsproxy.errors import ConfigError
-from udsproxy.filters import cors as cors_filter
 
 __all__ = [
     "REFUSED", "Converted", "certificate_paths", "convert", "convert_resources",
@@ -873,10 +873,10 @@ class _Converter:
         out = [HttpFilter(name=name, config=config) for name, config in entries]
         if "cors" in node:
             self.deprecated(join(path, "cors"), "typed_per_filter_config with a CorsPolicy")
-            policy = cors_filter.parse_policy(self, node["cors"], join(path, "cors"))
-            if not any(isinstance(x.config, cors_filter.CorsPolicy) for x in out):
+            policy = http_filter_types.parse_cors_policy(self, node["cors"], join(path, "cors"))
+            if not any(isinstance(x.config, filter_schema.CorsPolicy) for x in out):
                 # every cors filter of the chain reads it, whatever its name
-                out.append(HttpFilter(name=cors_filter.LEGACY_KEY, config=policy))
+                out.append(HttpFilter(name=filter_schema.CORS_LEGACY_KEY, config=policy))
         return tuple(out)
 
     def route(self, node: Node, path: str, body_limit: int) -> Route | None:

@@ -5,17 +5,16 @@ the route, virtual host and route configuration levels, ``direct_response``, hos
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Mapping
 from typing import Any, Protocol
 
 from udsproxy.accesslog.formatter import FormatError
+from udsproxy.config.convert_matchers import header_matcher
 from udsproxy.config.datasource import decode_base64
 from udsproxy.config.schema import (
     AccessLogFilter,
     DataSource,
     DirectResponse,
-    HeaderMatcher,
     HeaderValueOption,
     LocalReplyConfig,
     ResponseMapper,
@@ -293,58 +292,6 @@ def access_log_filter(c: Converter, node: Node, path: str) -> AccessLogFilter | 
         return AccessLogFilter(kind=kind, filters=tuple(x for x in subs if x is not None))
     c.only(sub, sub_path, ())
     return AccessLogFilter(kind=kind)  # not_health_check
-
-
-def header_matcher(c: Converter, node: Node, path: str) -> HeaderMatcher | None:
-    specifiers = (
-        "exact_match", "safe_regex_match", "range_match", "present_match", "prefix_match",
-        "suffix_match", "contains_match", "string_match",
-    )  # fmt: skip
-    c.only(node, path, ("name", *specifiers, "invert_match", "treat_missing_header_as_empty"))
-    name: str = node.get("name", "")
-    if not name:
-        c.error(join(path, "name"), "is required and must not be empty")
-        return None
-    kw: dict[str, Any] = {
-        "name": name.lower(),
-        "invert_match": node.get("invert_match", False),
-        "treat_missing_header_as_empty": node.get("treat_missing_header_as_empty", False),
-    }
-    for legacy in ("exact", "prefix", "suffix", "contains"):
-        if f"{legacy}_match" in node:
-            kw[legacy] = node[f"{legacy}_match"]
-    if "present_match" in node:
-        kw["present"] = node["present_match"]
-    if "range_match" in node:
-        bounds = node["range_match"]
-        c.only(bounds, join(path, "range_match"), ("start", "end"))
-        kw["range"] = (int(bounds.get("start", 0)), int(bounds.get("end", 0)))
-    if "safe_regex_match" in node:
-        kw["safe_regex"] = _regex(c, node["safe_regex_match"], join(path, "safe_regex_match"))
-    if "string_match" in node:
-        kw.update(string_matcher(c, node["string_match"], join(path, "string_match")))
-    return HeaderMatcher(**kw)
-
-
-def string_matcher(c: Converter, node: Node, path: str) -> dict[str, Any]:
-    c.only(node, path, ("exact", "prefix", "suffix", "contains", "safe_regex", "ignore_case"))
-    kw: dict[str, Any] = {
-        k: node[k] for k in ("exact", "prefix", "suffix", "contains") if k in node
-    }
-    if "safe_regex" in node:
-        kw["safe_regex"] = _regex(c, node["safe_regex"], join(path, "safe_regex"))
-    kw["ignore_case"] = node.get("ignore_case", False)
-    return kw
-
-
-def _regex(c: Converter, node: Node, path: str) -> str:
-    c.only(node, path, ("regex", "google_re2"))
-    regex: str = node.get("regex", "")
-    try:
-        re.compile(regex)
-    except re.error as exc:
-        c.error(join(path, "regex"), f"invalid regex '{regex}': {exc}")
-    return regex
 
 
 def substitution_format(c: Converter, node: Node, path: str) -> SubstitutionFormat:

@@ -41,6 +41,7 @@ __all__ = [
     "RuntimeLayer",
     "SanMatcher",
     "SocketAddress",
+    "StringMatcher",
     "SubstitutionFormat",
     "TlsCertificate",
     "UpgradeConfig",
@@ -189,6 +190,19 @@ class RouteConfiguration:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StringMatcher:
+    """envoy.type.matcher.v3.StringMatcher: exactly one of exact / prefix / suffix / contains /
+    safe_regex is set. ``ignore_case`` does not apply to safe_regex (Envoy)."""
+
+    exact: str | None = None
+    prefix: str | None = None
+    suffix: str | None = None
+    contains: str | None = None
+    safe_regex: str | None = None
+    ignore_case: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HeaderMatcher:
     """envoy.config.route.v3.HeaderMatcher. At most one of exact / prefix / suffix / contains /
     safe_regex / present / range is set; none means "present"."""
@@ -249,7 +263,7 @@ class LocalReplyConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HttpFilter:
     """An http_filters entry (the router excluded), or a typed_per_filter_config entry: the
-    filter's name and its frozen config from ``udsproxy.filters``."""
+    filter's name and its frozen config from ``config.filter_schema``."""
 
     name: str
     config: Any

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from udsproxy import http1
+from udsproxy.headermatch import header_value
 
 if TYPE_CHECKING:
     import asyncio
 
+    from udsproxy.config.filter_schema import Fraction
     from udsproxy.router import CompiledRoute
     from udsproxy.stream import Stream
 
@@ -34,35 +35,20 @@ __all__ = [
     "Encoder",
     "FilterChain",
     "FilterState",
-    "Fraction",
     "Hold",
     "HttpFilter",
     "LocalAnswer",
-    "Reporter",
     "Runtime",
     "RuntimeOf",
     "header_value",
-    "parse_fraction",
+    "sample",
     "state_of",
 ]  # fmt: skip
 
-Node = Mapping[str, Any]
 Headers = list[tuple[bytes, bytes]]
 
 _rng = random.Random(os.urandom(16))
 randrange = _rng.randrange
-
-_DENOMINATORS = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
-
-
-class Reporter(Protocol):
-    """What a filter's config parser reports to (``config.convert._Converter``)."""
-
-    def error(self, path: str, message: str) -> None: ...
-
-    def refuse(self, path: str, what: str = "", note: str = "") -> None: ...
-
-    def only(self, node: Node, path: str, allowed: Collection[str]) -> None: ...
 
 
 class Runtime(Protocol):
@@ -93,63 +79,14 @@ class RuntimeOf:
         return default if runtime is None else int(runtime.integer(key, default))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Fraction:
-    """A FractionalPercent, or a RuntimeFractionalPercent when ``runtime_key`` is set."""
-
-    numerator: int
-    denominator: int = 100
-    runtime_key: str = ""
-
-    def sample(self, runtime: Runtime) -> bool:
-        """One draw, as Envoy's featureEnabled: random % denominator < numerator."""
-        n = self.numerator
-        if self.runtime_key:
-            n = runtime.integer(self.runtime_key, n)
-        if n <= 0:
-            return False
-        return n >= self.denominator or randrange(self.denominator) < n
-
-
-def parse_fraction(
-    conv: Reporter, node: Node | None, path: str, default: int, *, runtime: bool = False
-) -> Fraction:
-    """FractionalPercent (``runtime=False``) or RuntimeFractionalPercent; absent: ``default``%."""
-    if node is None:
-        return Fraction(numerator=default)
-    key = ""
-    if runtime:
-        conv.only(node, path, ("default_value", "runtime_key"))
-        key = node.get("runtime_key", "")
-        if "default_value" not in node:
-            return Fraction(numerator=default, runtime_key=key)
-        path = f"{path}.default_value"
-        node = node["default_value"]
-    conv.only(node, path, ("numerator", "denominator"))
-    denominator = _DENOMINATORS.get(node.get("denominator", "HUNDRED"), 100)
-    numerator = int(node.get("numerator", 0))
-    return Fraction(numerator=min(numerator, denominator), denominator=denominator, runtime_key=key)
-
-
-def header_value(s: Stream, name: bytes) -> bytes | None:
-    """A request header as Envoy's matchers see it: repeated ones joined by ','; pseudo-headers
-    from the request line."""
-    if name[:1] == b":":
-        if name == b":path":
-            return s.path
-        if name == b":method":
-            return s.method
-        if name == b":authority":
-            return s.authority
-        if name == b":scheme":
-            return s.ctx.scheme
-        return None
-    if name == b"host":
-        return s.authority
-    found = [v for n, v in s.headers if n == name]
-    if not found:
-        return None
-    return found[0] if len(found) == 1 else b",".join(found)
+def sample(fraction: Fraction, runtime: Runtime) -> bool:
+    """One draw, as Envoy's featureEnabled: random % denominator < numerator."""
+    n = fraction.numerator
+    if fraction.runtime_key:
+        n = runtime.integer(fraction.runtime_key, n)
+    if n <= 0:
+        return False
+    return n >= fraction.denominator or randrange(fraction.denominator) < n
 
 
 class LocalAnswer:

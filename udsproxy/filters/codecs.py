@@ -6,22 +6,16 @@
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
 from typing import Any
 
-__all__ = [
-    "BrotliCompressor", "BrotliConfig", "GzipCompressor", "GzipConfig", "GzipDecompressor",
-    "GzipDecompressorConfig", "brotli_available",
-]  # fmt: skip
+from udsproxy.config.filter_schema import BrotliConfig, GzipConfig, GzipDecompressorConfig
+
+__all__ = ["BrotliCompressor", "GzipCompressor", "GzipDecompressor"]
 
 try:
     import brotli as _brotli
 except ImportError:  # pragma: no cover - a dependency, but the proxy must start without it
     _brotli = None
-
-
-def brotli_available() -> bool:
-    return _brotli is not None
 
 
 _LEVELS = {
@@ -37,37 +31,6 @@ _STRATEGIES = {
     "RLE": zlib.Z_RLE,
     "FIXED": zlib.Z_FIXED,
 }
-GZIP_LEVELS = tuple(_LEVELS)
-GZIP_STRATEGIES = tuple(_STRATEGIES)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class GzipConfig:
-    """envoy.extensions.compression.gzip.compressor.v3.Gzip (Envoy's defaults)."""
-
-    memory_level: int = 5
-    compression_level: str = "DEFAULT_COMPRESSION"
-    compression_strategy: str = "DEFAULT_STRATEGY"
-    window_bits: int = 12
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BrotliConfig:
-    """envoy.extensions.compression.brotli.compressor.v3.Brotli (Envoy's defaults)."""
-
-    quality: int = 3
-    encoder_mode: str = "DEFAULT"
-    window_bits: int = 18
-    input_block_bits: int = 24
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class GzipDecompressorConfig:
-    """envoy.extensions.compression.gzip.decompressor.v3.Gzip (Envoy's defaults)."""
-
-    window_bits: int = 15
-    chunk_size: int = 4096
-    max_inflate_ratio: int = 100
 
 
 class GzipCompressor:

@@ -11,172 +11,26 @@ response loses its content-length (chunked to HTTP/1.1 clients), gains ``content
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from udsproxy.filters.base import (
-    Headers,
-    HttpFilter,
-    Node,
-    Outcome,
-    Reporter,
-    Runtime,
-    header_value,
-    state_of,
-)
-from udsproxy.filters.codecs import (
-    GZIP_LEVELS,
-    GZIP_STRATEGIES,
-    BrotliCompressor,
-    BrotliConfig,
-    GzipCompressor,
-    GzipConfig,
-    brotli_available,
-)
+from udsproxy.config.filter_schema import CompressorConfig, GzipConfig
+from udsproxy.filters.base import Headers, HttpFilter, Outcome, Runtime, header_value, state_of
+from udsproxy.filters.codecs import BrotliCompressor, GzipCompressor
 
 if TYPE_CHECKING:
     from udsproxy.router import CompiledRoute
     from udsproxy.stats.store import FilterStats
     from udsproxy.stream import Stream
 
-__all__ = ["CompressorConfig", "CompressorFilter", "choose_encoding", "parse_compressor"]
+__all__ = ["CompressorFilter", "choose_encoding"]
 
-FILTER_TYPE = "envoy.extensions.filters.http.compressor.v3.Compressor"
-PER_ROUTE_TYPE = "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute"
-GZIP_TYPE = "envoy.extensions.compression.gzip.compressor.v3.Gzip"
-BROTLI_TYPE = "envoy.extensions.compression.brotli.compressor.v3.Brotli"
 
-# Envoy's default content types
-DEFAULT_CONTENT_TYPES = (
-    "application/javascript", "application/json", "application/xhtml+xml", "image/svg+xml",
-    "text/css", "text/html", "text/plain", "text/xml",
-)  # fmt: skip
 _RESPONSE_STATS = (
     "compressed", "not_compressed", "total_uncompressed_bytes", "total_compressed_bytes",
     "content_length_too_small", "no_accept_header", "header_identity", "header_compressor_used",
     "header_compressor_overshadowed", "header_wildcard", "header_not_valid",
     "not_compressed_etag",
 )  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CompressorConfig:
-    library_name: str  # compressor_library.name: part of the stat prefix
-    library: GzipConfig | BrotliConfig
-    enabled: bool = True  # response_direction_config.common_config.enabled.default_value
-    enabled_runtime_key: str = ""
-    min_content_length: int = 30
-    content_type: tuple[str, ...] = DEFAULT_CONTENT_TYPES
-    disable_on_etag_header: bool = False
-    weaken_etag_on_compress: bool = False
-    remove_accept_encoding_header: bool = False
-    uncompressible_response_codes: tuple[int, ...] = ()
-    legacy_stats: bool = True  # no response_direction_config: stats without ".response"
-
-    @property
-    def encoding(self) -> str:
-        return "gzip" if isinstance(self.library, GzipConfig) else "br"
-
-    @property
-    def stat_prefix(self) -> str:
-        """compressor.<library name>.<library stat prefix>[.response]."""
-        kind = "gzip" if isinstance(self.library, GzipConfig) else "brotli"
-        tail = "" if self.legacy_stats else ".response"
-        return f"compressor.{self.library_name}.{kind}{tail}."
-
-
-def parse_compressor(conv: Reporter, node: Node, path: str) -> CompressorConfig | None:
-    fields = (
-        "compressor_library", "response_direction_config", "request_direction_config",
-        "content_length", "content_type", "disable_on_etag_header",
-        "remove_accept_encoding_header",
-    )  # fmt: skip
-    conv.only(node, path, fields)
-    kw: dict[str, Any] = {}
-    # deprecated top-level spellings of the response settings
-    if "content_length" in node:
-        kw["min_content_length"] = node["content_length"]
-    if "content_type" in node:
-        kw["content_type"] = tuple(node["content_type"])
-    for key in ("disable_on_etag_header", "remove_accept_encoding_header"):
-        if key in node:
-            kw[key] = node[key]
-    request = node.get("request_direction_config")
-    if request is not None:
-        request_path = f"{path}.request_direction_config"
-        enabled = request.get("common_config", {}).get("enabled", {})
-        if set(request) - {"common_config"} or enabled.get("default_value", True):
-            conv.refuse(request_path, note="request compression; only responses are compressed")
-    response = node.get("response_direction_config")
-    if response is not None:
-        kw["legacy_stats"] = False
-        kw.update(_response_direction(conv, response, f"{path}.response_direction_config"))
-    library_path = f"{path}.compressor_library"
-    library = node.get("compressor_library")
-    if library is None:
-        conv.error(library_path, "is required")
-        return None
-    conv.only(library, library_path, ("name", "typed_config"))
-    parsed = _library(conv, library.get("typed_config", {}), f"{library_path}.typed_config")
-    if parsed is None:
-        return None
-    return CompressorConfig(library_name=library.get("name", ""), library=parsed, **kw)
-
-
-def _response_direction(conv: Reporter, node: Node, path: str) -> dict[str, Any]:
-    fields = (
-        "common_config", "disable_on_etag_header", "weaken_etag_on_compress",
-        "remove_accept_encoding_header", "uncompressible_response_codes",
-    )  # fmt: skip
-    conv.only(node, path, fields)
-    kw: dict[str, Any] = {}
-    for key in (
-        "disable_on_etag_header",
-        "weaken_etag_on_compress",
-        "remove_accept_encoding_header",
-    ):
-        if key in node:
-            kw[key] = node[key]
-    if "uncompressible_response_codes" in node:
-        kw["uncompressible_response_codes"] = tuple(node["uncompressible_response_codes"])
-    common = node.get("common_config", {})
-    common_path = f"{path}.common_config"
-    conv.only(common, common_path, ("enabled", "min_content_length", "content_type"))
-    if "min_content_length" in common:
-        kw["min_content_length"] = common["min_content_length"]
-    if "content_type" in common:
-        kw["content_type"] = tuple(common["content_type"])
-    if "enabled" in common:
-        conv.only(common["enabled"], f"{common_path}.enabled", ("default_value", "runtime_key"))
-        kw["enabled"] = bool(common["enabled"].get("default_value", False))
-        kw["enabled_runtime_key"] = common["enabled"].get("runtime_key", "")
-    return kw
-
-
-def _library(conv: Reporter, node: Node, path: str) -> GzipConfig | BrotliConfig | None:
-    kind = node.get("@type")
-    if kind == GZIP_TYPE:
-        fields = ("memory_level", "compression_level", "compression_strategy", "window_bits")
-        conv.only(node, path, (*fields, "chunk_size"))  # chunk_size: zlib's buffer, no effect
-        kw = {k: node[k] for k in fields if k in node}
-        if kw.get("compression_level", GZIP_LEVELS[0]) not in GZIP_LEVELS:
-            conv.error(f"{path}.compression_level", f"unknown level '{kw['compression_level']}'")
-            return None
-        if kw.get("compression_strategy", GZIP_STRATEGIES[0]) not in GZIP_STRATEGIES:
-            conv.error(f"{path}.compression_strategy", "unknown strategy")
-            return None
-        return GzipConfig(**kw)
-    if kind == BROTLI_TYPE:
-        if not brotli_available():
-            conv.refuse(path, f"compressor library '{kind}'", "the brotli package is not installed")
-            return None
-        fields = ("quality", "encoder_mode", "window_bits", "input_block_bits")
-        conv.only(node, path, (*fields, "chunk_size", "disable_literal_context_modeling"))
-        if node.get("disable_literal_context_modeling"):
-            conv.refuse(f"{path}.disable_literal_context_modeling", "true")
-        return BrotliConfig(**{k: node[k] for k in fields if k in node})
-    conv.refuse(path, f"compressor library '{kind or ''}'", "only gzip and brotli")
-    return None
 
 
 def _qvalue(params: str) -> float | None:
@@ -339,9 +193,3 @@ class CompressorFilter(HttpFilter):
             s.headers[:] = [h for h in s.headers if h[0] != b"accept-encoding"]
         state_of(s).encoders.append(_Response(self, accept))
         return None
-
-
-def parse_per_route(conv: Reporter, node: Node, path: str) -> bool:
-    """CompressorPerRoute: ``disabled`` (the response compression of this route)."""
-    conv.only(node, path, ("disabled",))
-    return bool(node.get("disabled", False))

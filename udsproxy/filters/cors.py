@@ -11,91 +11,30 @@ host. As in Envoy, each setting is taken from the most specific policy that sets
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from udsproxy import http1
+from udsproxy.config.filter_schema import CORS_LEGACY_KEY, CorsPolicy, Fraction
 from udsproxy.filters.base import (
-    Fraction,
     Headers,
     HttpFilter,
     LocalAnswer,
-    Node,
     Outcome,
-    Reporter,
     Runtime,
     header_value,
-    parse_fraction,
+    sample,
     state_of,
 )
-from udsproxy.filters.matchers import StringMatch, StringMatcher, parse_string_match
+from udsproxy.headermatch import StringMatch
 
 if TYPE_CHECKING:
     from udsproxy.router import CompiledRoute
     from udsproxy.stats.store import FilterStats
     from udsproxy.stream import Stream
 
-__all__ = ["Cors", "CorsFilter", "CorsPolicy", "parse_policy"]
+__all__ = ["CorsFilter"]
 
-FILTER_TYPE = "envoy.extensions.filters.http.cors.v3.Cors"
-POLICY_TYPE = "envoy.extensions.filters.http.cors.v3.CorsPolicy"
-# where a virtual host's legacy ``cors`` field sits among its per-filter configs: every cors
-# filter reads it, whatever the filter's name (Envoy reads it from the route entry)
-LEGACY_KEY = "cors"
 _PREFLIGHT_OK = http1.LocalReply(200, "", 0, "cors_response")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Cors:
-    """The filter's own config (``cors.v3.Cors``): empty, the policies are per route."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CorsPolicy:
-    allow_origin_string_match: tuple[StringMatch, ...] = ()
-    allow_methods: str = ""
-    allow_headers: str = ""
-    expose_headers: str = ""
-    max_age: str = ""
-    allow_credentials: bool | None = None
-    filter_enabled: Fraction | None = None  # None: enabled
-    shadow_enabled: Fraction | None = None  # None: off
-    allow_private_network_access: bool | None = None
-
-
-def parse_policy(conv: Reporter, node: Node, path: str) -> CorsPolicy:
-    """A CorsPolicy (the filter's per-route message, or the legacy route.v3 one: same fields)."""
-    fields = (
-        "allow_origin_string_match", "allow_methods", "allow_headers", "expose_headers",
-        "max_age", "allow_credentials", "filter_enabled", "shadow_enabled",
-        "allow_private_network_access", "forward_not_matching_preflights",
-    )  # fmt: skip
-    conv.only(node, path, fields)
-    if node.get("forward_not_matching_preflights") is False:
-        note = "a preflight from an origin that is not allowed always goes upstream"
-        conv.refuse(f"{path}.forward_not_matching_preflights", "false", note)
-    origins_path = f"{path}.allow_origin_string_match"
-    origins = [
-        parse_string_match(conv, x, f"{origins_path}[{i}]")
-        for i, x in enumerate(node.get("allow_origin_string_match", ()))
-    ]
-    enabled = node.get("filter_enabled")
-    shadow = node.get("shadow_enabled")
-    return CorsPolicy(
-        allow_origin_string_match=tuple(x for x in origins if x is not None),
-        allow_methods=node.get("allow_methods", ""),
-        allow_headers=node.get("allow_headers", ""),
-        expose_headers=node.get("expose_headers", ""),
-        max_age=node.get("max_age", ""),
-        allow_credentials=node.get("allow_credentials"),
-        filter_enabled=None
-        if enabled is None
-        else parse_fraction(conv, enabled, f"{path}.filter_enabled", 100, runtime=True),
-        shadow_enabled=None
-        if shadow is None
-        else parse_fraction(conv, shadow, f"{path}.shadow_enabled", 0, runtime=True),
-        allow_private_network_access=node.get("allow_private_network_access"),
-    )
 
 
 class _Policy:
@@ -105,7 +44,7 @@ class _Policy:
 
     def __init__(self, config: CorsPolicy) -> None:
         self.config = config
-        self.origins = tuple(StringMatcher(m) for m in config.allow_origin_string_match)
+        self.origins = tuple(StringMatch(m) for m in config.allow_origin_string_match)
 
 
 class _Policies:
@@ -185,7 +124,7 @@ class CorsFilter(HttpFilter):
 
     def pick(self, level: dict[str, Any]) -> Any:
         found = level.get(self.name)
-        return found if found is not None else level.get(LEGACY_KEY)
+        return found if found is not None else level.get(CORS_LEGACY_KEY)
 
     def compile_route(self, configs: tuple[Any, ...]) -> _Policies:
         return _Policies(tuple(_Policy(c) for c in configs))
@@ -200,8 +139,8 @@ class CorsFilter(HttpFilter):
         if not origin:
             return None
         runtime = self.runtime
-        enabled = policies.enabled is None or policies.enabled.sample(runtime)
-        if not enabled and (policies.shadow is None or not policies.shadow.sample(runtime)):
+        enabled = policies.enabled is None or sample(policies.enabled, runtime)
+        if not enabled and (policies.shadow is None or not sample(policies.shadow, runtime)):
             return None
         if not policies.origin_allowed(origin):
             self.counters["origin_invalid"] += 1

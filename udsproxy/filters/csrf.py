@@ -7,61 +7,22 @@ Stats: ``http.<stat_prefix>.csrf.missing_source_origin``, ``request_invalid``, `
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from udsproxy import http1
-from udsproxy.filters.base import (
-    Fraction,
-    HttpFilter,
-    LocalAnswer,
-    Node,
-    Outcome,
-    Reporter,
-    Runtime,
-    header_value,
-    parse_fraction,
-)
-from udsproxy.filters.matchers import StringMatch, StringMatcher, parse_string_match
+from udsproxy.config.filter_schema import CsrfPolicy
+from udsproxy.filters.base import HttpFilter, LocalAnswer, Outcome, Runtime, header_value, sample
+from udsproxy.headermatch import StringMatch
 
 if TYPE_CHECKING:
     from udsproxy.router import CompiledRoute
     from udsproxy.stats.store import FilterStats
     from udsproxy.stream import Stream
 
-__all__ = ["CsrfFilter", "CsrfPolicy", "host_and_port", "parse_csrf"]
+__all__ = ["CsrfFilter", "host_and_port"]
 
-FILTER_TYPE = "envoy.extensions.filters.http.csrf.v3.CsrfPolicy"
 _INVALID = http1.LocalReply(403, "Invalid origin", 0, "csrf_origin_mismatch")
 _MUTATING = frozenset({b"POST", b"PUT", b"DELETE", b"PATCH"})
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CsrfPolicy:
-    filter_enabled: Fraction
-    shadow_enabled: Fraction | None = None
-    additional_origins: tuple[StringMatch, ...] = ()
-
-
-def parse_csrf(conv: Reporter, node: Node, path: str) -> CsrfPolicy:
-    conv.only(node, path, ("filter_enabled", "shadow_enabled", "additional_origins"))
-    if "filter_enabled" not in node:
-        conv.error(f"{path}.filter_enabled", "is required")
-    origins_path = f"{path}.additional_origins"
-    origins = [
-        parse_string_match(conv, x, f"{origins_path}[{i}]")
-        for i, x in enumerate(node.get("additional_origins", ()))
-    ]
-    shadow = node.get("shadow_enabled")
-    return CsrfPolicy(
-        filter_enabled=parse_fraction(
-            conv, node.get("filter_enabled"), f"{path}.filter_enabled", 0, runtime=True
-        ),
-        shadow_enabled=None
-        if shadow is None
-        else parse_fraction(conv, shadow, f"{path}.shadow_enabled", 0, runtime=True),
-        additional_origins=tuple(x for x in origins if x is not None),
-    )
 
 
 def host_and_port(value: bytes) -> bytes:
@@ -77,7 +38,7 @@ class _Policy:
 
     def __init__(self, config: CsrfPolicy) -> None:
         self.config = config
-        self.origins = tuple(StringMatcher(m) for m in config.additional_origins)
+        self.origins = tuple(StringMatch(m) for m in config.additional_origins)
 
 
 class CsrfFilter(HttpFilter):
@@ -97,8 +58,8 @@ class CsrfFilter(HttpFilter):
         if route is not None:
             policy = route.filter_configs.get(self.name, policy)
         config = policy.config
-        enabled = config.filter_enabled.sample(self.runtime)
-        shadow = config.shadow_enabled is not None and config.shadow_enabled.sample(self.runtime)
+        enabled = sample(config.filter_enabled, self.runtime)
+        shadow = config.shadow_enabled is not None and sample(config.shadow_enabled, self.runtime)
         if (not enabled and not shadow) or s.method not in _MUTATING:
             return None
         origin = header_value(s, b"origin")

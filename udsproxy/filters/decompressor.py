@@ -9,97 +9,23 @@ true) appends gzip to the request's accept-encoding. Stats:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from udsproxy.filters.base import (
-    Headers,
-    HttpFilter,
-    Node,
-    Outcome,
-    Reporter,
-    Runtime,
-    state_of,
-)
-from udsproxy.filters.codecs import GzipDecompressor, GzipDecompressorConfig
+from udsproxy.config.filter_schema import DecompressorConfig, Direction
+from udsproxy.filters.base import Headers, HttpFilter, Outcome, Runtime, state_of
+from udsproxy.filters.codecs import GzipDecompressor
 
 if TYPE_CHECKING:
     from udsproxy.router import CompiledRoute
     from udsproxy.stats.store import FilterStats
     from udsproxy.stream import Stream
 
-__all__ = ["DecompressorConfig", "DecompressorFilter", "parse_decompressor"]
+__all__ = ["DecompressorFilter"]
 
-FILTER_TYPE = "envoy.extensions.filters.http.decompressor.v3.Decompressor"
-GZIP_TYPE = "envoy.extensions.compression.gzip.decompressor.v3.Gzip"
 _STATS = (
     "decompressed", "not_decompressed", "total_uncompressed_bytes", "total_compressed_bytes",
     "zlib_data_error",
 )  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Direction:
-    enabled: bool
-    runtime_key: str = ""
-    ignore_no_transform_header: bool = False
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DecompressorConfig:
-    library_name: str
-    library: GzipDecompressorConfig
-    request: Direction = Direction(enabled=True)
-    response: Direction = Direction(enabled=True)
-    advertise_accept_encoding: bool = True
-
-
-def _direction(conv: Reporter, node: Node, path: str, extra: tuple[str, ...] = ()) -> Direction:
-    conv.only(node, path, ("common_config", *extra))
-    common = node.get("common_config", {})
-    common_path = f"{path}.common_config"
-    conv.only(common, common_path, ("enabled", "ignore_no_transform_header"))
-    enabled = common.get("enabled", {})
-    conv.only(enabled, f"{common_path}.enabled", ("default_value", "runtime_key"))
-    return Direction(
-        # RuntimeFeatureFlag: a set flag without default_value is false (proto default)
-        enabled=bool(enabled.get("default_value", False)) if "enabled" in common else True,
-        runtime_key=enabled.get("runtime_key", ""),
-        ignore_no_transform_header=common.get("ignore_no_transform_header", False),
-    )
-
-
-def parse_decompressor(conv: Reporter, node: Node, path: str) -> DecompressorConfig | None:
-    conv.only(
-        node,
-        path,
-        ("decompressor_library", "request_direction_config", "response_direction_config"),
-    )
-    kw: dict[str, Any] = {}
-    if "request_direction_config" in node:
-        request_path = f"{path}.request_direction_config"
-        request = node["request_direction_config"]
-        kw["request"] = _direction(conv, request, request_path, ("advertise_accept_encoding",))
-        kw["advertise_accept_encoding"] = request.get("advertise_accept_encoding", True)
-    if "response_direction_config" in node:
-        response_path = f"{path}.response_direction_config"
-        kw["response"] = _direction(conv, node["response_direction_config"], response_path)
-    library_path = f"{path}.decompressor_library"
-    library = node.get("decompressor_library")
-    if library is None:
-        conv.error(library_path, "is required")
-        return None
-    conv.only(library, library_path, ("name", "typed_config"))
-    config = library.get("typed_config", {})
-    config_path = f"{library_path}.typed_config"
-    if config.get("@type") != GZIP_TYPE:
-        what = f"decompressor library '{config.get('@type') or ''}'"
-        conv.refuse(config_path, what, "only gzip")
-        return None
-    fields = ("window_bits", "chunk_size", "max_inflate_ratio")
-    conv.only(config, config_path, fields)
-    gzip = GzipDecompressorConfig(**{k: config[k] for k in fields if k in config})
-    return DecompressorConfig(library_name=library.get("name", ""), library=gzip, **kw)
 
 
 def _strip_gzip(headers: Headers, i: int) -> None:

@@ -10,36 +10,31 @@ Runtime keys (read through ``Runtime``, defaulting to the configured values):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from udsproxy import http1
+from udsproxy.config.filter_schema import FaultConfig, Fraction
 from udsproxy.filters.base import (
     FilterState,
-    Fraction,
     Hold,
     HttpFilter,
     LocalAnswer,
-    Node,
     Outcome,
-    Reporter,
     Runtime,
     header_value,
-    parse_fraction,
     randrange,
     state_of,
 )
-from udsproxy.filters.matchers import HeaderMatch, HeaderMatcher, parse_header_match
 from udsproxy.flags import ResponseFlag
+from udsproxy.headermatch import HeaderMatch
 
 if TYPE_CHECKING:
     from udsproxy.router import CompiledRoute
     from udsproxy.stats.store import FilterStats
     from udsproxy.stream import Stream
 
-__all__ = ["FaultConfig", "FaultFilter", "parse_fault"]
+__all__ = ["FaultFilter"]
 
-FILTER_TYPE = "envoy.extensions.filters.http.fault.v3.HTTPFault"
 ABORT_BODY = "fault filter abort"
 ABORT_DETAILS = "fault_filter_abort"
 
@@ -50,65 +45,6 @@ _DELAY_MS = "fault.http.delay.fixed_duration_ms"
 _MAX_ACTIVE = "fault.http.max_active_faults"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FaultConfig:
-    """HTTPFault (also its per-route form: the same message in typed_per_filter_config)."""
-
-    delay_ms: int | None = None  # fixed_delay; None: header_delay or no delay
-    header_delay: bool = False
-    delay_percentage: Fraction | None = None  # None: no delay block
-    abort_status: int | None = None  # http_status; None: header_abort or no abort
-    header_abort: bool = False
-    abort_percentage: Fraction | None = None  # None: no abort block
-    upstream_cluster: str = ""
-    headers: tuple[HeaderMatch, ...] = ()
-    max_active_faults: int | None = None
-
-
-def parse_fault(conv: Reporter, node: Node, path: str) -> FaultConfig:
-    fields = ("delay", "abort", "upstream_cluster", "headers", "max_active_faults")
-    conv.only(node, path, fields)
-    kw: dict[str, Any] = {}
-    if "delay" in node:
-        delay, delay_path = node["delay"], f"{path}.delay"
-        conv.only(delay, delay_path, ("fixed_delay", "header_delay", "percentage"))
-        if "fixed_delay" in delay:
-            kw["delay_ms"] = round(delay["fixed_delay"] * 1000)
-        elif "header_delay" in delay:
-            kw["header_delay"] = True
-        else:
-            conv.error(delay_path, "one of fixed_delay or header_delay is required")
-        kw["delay_percentage"] = parse_fraction(
-            conv, delay.get("percentage"), f"{delay_path}.percentage", 0
-        )
-    if "abort" in node:
-        abort, abort_path = node["abort"], f"{path}.abort"
-        conv.only(abort, abort_path, ("http_status", "header_abort", "percentage"))
-        if "http_status" in abort:
-            status = abort["http_status"]
-            if not 200 <= status < 600:
-                conv.error(f"{abort_path}.http_status", f"{status} is not in [200, 600)")
-            kw["abort_status"] = status
-        elif "header_abort" in abort:
-            kw["header_abort"] = True
-        else:
-            conv.error(abort_path, "one of http_status or header_abort is required")
-        kw["abort_percentage"] = parse_fraction(
-            conv, abort.get("percentage"), f"{abort_path}.percentage", 0
-        )
-    headers_path = f"{path}.headers"
-    headers = [
-        parse_header_match(conv, x, f"{headers_path}[{i}]")
-        for i, x in enumerate(node.get("headers", ()))
-    ]
-    kw["headers"] = tuple(x for x in headers if x is not None)
-    if "upstream_cluster" in node:
-        kw["upstream_cluster"] = node["upstream_cluster"]
-    if "max_active_faults" in node:
-        kw["max_active_faults"] = node["max_active_faults"]
-    return FaultConfig(**kw)
-
-
 class _Fault:
     """One FaultConfig compiled (the filter's own, or a route's)."""
 
@@ -116,7 +52,7 @@ class _Fault:
 
     def __init__(self, config: FaultConfig) -> None:
         self.config = config
-        self.headers = tuple(HeaderMatcher(m) for m in config.headers)
+        self.headers = tuple(HeaderMatch(m) for m in config.headers)
         status = config.abort_status
         self.abort_reply = abort_reply(status) if status is not None else None
 
