@@ -118,6 +118,8 @@ class ListenerContext:
         self.filters = build_chain(
             hcm.http_filters, self.router, store, hcm.stat_prefix, RuntimeOf(self)
         )
+        # one attribute for the data path to test: anything to do before the router?
+        self.before_routing = self.path_normalizer is not None or self.filters is not None
         self.listener_stats = store.listener_for(str(listener.address), hcm.stat_prefix)
         # per-request counting can be switched off to measure what it costs
         self.request_stats = request_stats

@@ -9,11 +9,12 @@ only place observers (access log, stats) are fed.
 
 from __future__ import annotations
 
+import enum
 import os
 import random
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httptools
 
@@ -41,6 +42,15 @@ _VARIANT = (b"8", b"9", b"a", b"b")
 _CRLF = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class _Unset(enum.Enum):
+    """No route given to Stream.start (None is a valid route: no route matched)."""
+
+    UNSET = 0
+
+
+_UNSET: Final = _Unset.UNSET
 _TEXT_PLAIN = b"text/plain"
 
 
@@ -330,23 +340,22 @@ class Stream(StreamInfo):
         self.tunnel_buf = [data] if data else []
 
     # -- routing and sending upstream ---------------------------------------------------------
-    def start(self) -> None:
-        if self.error is not None:
-            self._local_reply(self.error, close=True)
-            return
-        self._mutate_request_headers()
+    def start(self, route: CompiledRoute | _Unset | None = _UNSET) -> None:
+        """Route the request and send it upstream. Called without ``route`` when the request
+        becomes the connection's active one; with it by ``resume``."""
         ctx = self.ctx
-        if ctx.path_normalizer is not None and not self._normalize_path(ctx.path_normalizer):
-            return
-        route = ctx.router.match(self.authority, self.path)
-        if ctx.filters is not None and ctx.filters.decode_headers(self, route):
-            return  # a filter answered, or holds the request until it calls resume()
-        self.resume(route)
-
-    def resume(self, route: CompiledRoute | None) -> None:
-        """The router's part: after the http filters, or when one that held the request lets
-        it go (fault delay)."""
-        ctx = self.ctx
+        if route is _UNSET:
+            if self.error is not None:
+                self._local_reply(self.error, close=True)
+                return
+            self._mutate_request_headers()
+            if ctx.before_routing:  # path normalization or http filters: off the common path
+                found = self._before_routing(ctx)
+                if found is _UNSET:
+                    return  # answered, or held by a filter until it calls resume()
+                route = found
+            else:
+                route = ctx.router.match(self.authority, self.path)
         if route is None:
             self._local_reply(http1.NO_ROUTE)
             return
@@ -381,6 +390,20 @@ class Stream(StreamInfo):
             self.ctx.spawn(self._connect())
         if self.request_complete:
             self._arm_route_timeout()
+
+    def resume(self, route: CompiledRoute | None) -> None:
+        """The router's part, when a filter that held the request lets it go (fault delay)."""
+        self.start(route)
+
+    def _before_routing(self, ctx: ListenerContext) -> CompiledRoute | _Unset | None:
+        """The connection manager's path normalization, the route match and the http
+        filters' decode: the route, or _UNSET if the request was answered or is held."""
+        if ctx.path_normalizer is not None and not self._normalize_path(ctx.path_normalizer):
+            return _UNSET
+        route = ctx.router.match(self.authority, self.path)
+        if ctx.filters is not None and ctx.filters.decode_headers(self, route):
+            return _UNSET
+        return route
 
     def _normalize_path(self, normalize: PathNormalizer) -> bool:
         """The connection manager's path normalization; False if it answered the request."""
