@@ -106,3 +106,43 @@ def test_signal_stops_gracefully_and_flushes_the_log(
     assert rc == 0, proc.stderr()
     (line,) = AccessLog(log_path).find('"flush-me"')  # written by the time the process exits
     assert line.endswith(f'"{nginx.socket_path}"')
+
+
+@pytest.mark.parametrize(
+    ("config", "accepted"),
+    [
+        ("envoy-demo.yaml", True),
+        ("real/examples-tls-https-https.yaml", True),  # DNS, inline TLS, upstream TLS
+        ("real/examples-jaeger-tracing.yaml", False),  # tracing: refused by name
+    ],
+)
+def test_validate_real_envoy_configs_from_their_folder(config: str, accepted: bool) -> None:
+    """What tests/unit/config/test_corpus.py pins for all 39, through the command itself."""
+    path = REPO / "tests" / "corpora" / "envoy-configs" / config
+    result = subprocess.run(
+        [sys.executable, "-m", "udsproxy", "--mode", "validate", "-c", path.name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=path.parent,
+    )
+    assert "Traceback" not in result.stderr
+    if accepted:
+        assert result.returncode == 0, result.stderr
+        assert f"configuration '{path.name}' OK" in result.stdout
+    else:
+        assert result.returncode == 1
+        assert result.stderr.startswith(f"error initializing configuration '{path.name}':\n")
+        assert "tracing: not supported by udsproxy" in result.stderr
+
+
+def test_validate_the_articles_files() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "udsproxy", "--mode", "validate", "-c", "conf/article/envoy.yaml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "deprecated v2 form 'type.googleapis.com/envoy.api.v2.Cluster'" in result.stderr
