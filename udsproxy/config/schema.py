@@ -377,17 +377,10 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SanMatcher:
-    """One entry of match_typed_subject_alt_names: a StringMatcher on SANs of one type.
-    Exactly one of exact / prefix / suffix / contains / safe_regex is set."""
+class SanMatcher(StringMatcher):
+    """One entry of match_typed_subject_alt_names: a StringMatcher on SANs of one type."""
 
-    san_type: str  # DNS | URI | IP_ADDRESS | EMAIL
-    exact: str | None = None
-    prefix: str | None = None
-    suffix: str | None = None
-    contains: str | None = None
-    safe_regex: str | None = None
-    ignore_case: bool = False
+    san_type: str  # DNS | URI | IP_ADDRESS | EMAIL; "" any (the legacy match_subject_alt_names)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
