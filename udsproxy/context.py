@@ -135,12 +135,12 @@ class ListenerContext:
         task.add_done_callback(self._tasks.discard)
 
     def drain(self) -> None:
-        """Stop keeping connections alive: idle ones close now, busy ones after their response
-        (which carries ``connection: close``)."""
+        """Stop keeping connections alive: idle ones close now (those that got a response in the
+        last second, once quiet for a second: a request may be on its way), busy ones after
+        their response (which carries ``connection: close``)."""
         self.draining = True
         for conn in list(self.connections):
-            if conn.active is None and not conn.queue and conn.tunnel is None:
-                conn.close()
+            conn.close_when_quiet()
 
     def adopt(self, old: ListenerContext) -> bool:
         """Take over ``old``'s open connections after a route change on the same socket, so

@@ -42,6 +42,11 @@ BLOCK_CLIENT_WRITE = 16  # the client is not reading its responses: stop taking 
 BLOCK_SPLICE = 32  # the rest of a request body moves with splice(2), not through the parser
 
 _LINGER = 1.0  # Envoy's delayed_close_timeout: drain unread request bytes before closing
+# Draining, a connection whose last response went out without `connection: close` (it started
+# before the drain) stays open this long after it: the client may be sending its next request
+# already, and closing under it would fail that request. One that comes is answered with
+# `connection: close`.
+_DRAIN_GRACE = 1.0
 
 _MAX_PIPELINED = 16
 
@@ -417,9 +422,17 @@ class DownstreamConnection(asyncio.Protocol):
             # a request pipelined behind this one: its request_timeout starts now
             cur.deadline = self.loop.time() + self.ctx.request_timeout
             self._arm(cur.deadline)
-        if close or self.ctx.draining:
+        if close:
             # a delayed close only where request bytes may be left unread
             self.close(linger=not s.request_complete or self._unread or self._error is not None)
+            return
+        if self.ctx.draining:
+            # the response went out before the drain, without connection: close
+            self.last_io = self.loop.time()
+            if self.queue:
+                self._start_next()  # already here: answered with connection: close
+            else:
+                self.close_when_quiet()
             return
         if self.queue:
             self._start_next()
@@ -484,6 +497,17 @@ class DownstreamConnection(asyncio.Protocol):
         self._linger = self.loop.call_later(_LINGER, transport.close)
         self.blocked = BLOCK_DONE  # discard whatever still arrives
         transport.resume_reading()
+
+    def close_when_quiet(self) -> None:
+        """Draining: close an idle connection once the client has been quiet for
+        ``_DRAIN_GRACE`` since its last response, so a request it sent just before is served."""
+        if self.closed or self.active is not None or self.queue or self.tunnel is not None:
+            return
+        wait = self.last_io + _DRAIN_GRACE - self.loop.time()
+        if wait > 0 or self.cur is not None:  # a request head is arriving: check again later
+            self.loop.call_later(max(wait, 0.05), self.close_when_quiet)
+        else:
+            self.close()
 
     def abort(self) -> None:
         """Reset the connection: whatever is corked is dropped, not sent."""
