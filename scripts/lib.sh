@@ -35,7 +35,7 @@ can_apt() {
     fi
 }
 
-# ensure_system_packages: nginx, curl, openssl, wrk, and a Python >= 3.11 that can make a venv, installed with
+# ensure_system_packages: nginx, curl, openssl, wrk, podman and its tools, and a Python >= 3.11 that can make a venv, installed with
 # apt-get when missing. Missing nginx or curl is not fatal here: the tests skip what needs them
 # (or fail, under CI=true) and the demo falls back to its built-in upstream.
 ensure_system_packages() {
@@ -44,6 +44,12 @@ ensure_system_packages() {
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # TLS tests make certificates
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)  # the benchmark harness's smoke test
+    # the container image tests (tests/integration/test_image.py, scripts/image); catatonit is
+    # podman's pause process for pods
+    local tool
+    for tool in podman buildah runc debootstrap catatonit; do
+        command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=("$tool")
+    done
     if ! py="$(find_python)"; then
         missing+=(python3 python3-venv)
     elif [ ! -x "$VENV/bin/python" ] && ! "$py" -c 'import ensurepip, venv' >/dev/null 2>&1; then

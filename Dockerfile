@@ -1,0 +1,49 @@
+# udsproxy in place of Envoy's image: the same entrypoint contract (Envoy's arguments, default
+# `-c /etc/envoy/envoy.yaml`, `envoy` on PATH), Debian's python3, a fixed non-root UID.
+#
+#   bash scripts/image                      # here: podman, base from debootstrap, no registry
+#   docker build -t udsproxy .              # elsewhere, from debian:bookworm-slim
+#   docker run -p 10000:10000 -v /dev/shm:/dev/shm udsproxy
+ARG BASE=debian:bookworm-slim
+
+# Build stage: the wheel and its dependencies' wheels, installed into a venv that the runtime
+# stage copies. Compiled modules would add their compiler (gcc, python3-dev) here only.
+FROM ${BASE} AS build
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-pip python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY conf ./conf
+COPY udsproxy ./udsproxy
+# The secret "ca" is an optional CA bundle for pip (behind a TLS-inspecting proxy); without it pip
+# uses its own. The venv has no pip: Debian's pip installs into it from the wheels, offline.
+RUN --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+    && python3 -m pip wheel --no-cache-dir --disable-pip-version-check --wheel-dir /wheels . \
+    && python3 -m venv --without-pip /opt/udsproxy \
+    && python3 -m pip --python /opt/udsproxy/bin/python install --no-cache-dir \
+        --disable-pip-version-check --no-index --find-links /wheels udsproxy \
+    && /opt/udsproxy/bin/udsproxy --version
+
+# Runtime stage: python3 and the venv, nothing to build with and no pip.
+FROM ${BASE}
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 tini \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
+    && groupadd --system --gid 10101 udsproxy \
+    && useradd --system --uid 10101 --gid 10101 --home-dir /nonexistent --no-create-home \
+        --shell /usr/sbin/nologin udsproxy
+COPY --from=build /opt/udsproxy /opt/udsproxy
+# `envoy` too: Envoy container specs often say command: [envoy] or /usr/local/bin/envoy.
+RUN ln -s /opt/udsproxy/bin/udsproxy /usr/local/bin/udsproxy \
+    && ln -s /opt/udsproxy/bin/udsproxy /usr/local/bin/envoy
+COPY deploy/docker/envoy.yaml /etc/envoy/envoy.yaml
+USER 10101:10101
+EXPOSE 10000 9902
+# SIGTERM drains (--drain-time-s), SIGHUP reloads, SIGUSR1 reopens the access logs. tini is
+# PID 1 until udsproxy reaps orphans itself: it forwards those signals to udsproxy, reaps, and
+# exits with udsproxy's status. (A spec with `command: [envoy]` runs udsproxy as PID 1 directly.)
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/bin/tini", "--", "udsproxy"]
+CMD ["-c", "/etc/envoy/envoy.yaml"]
