@@ -500,12 +500,13 @@ class DownstreamConnection(asyncio.Protocol):
 
     def close_when_quiet(self) -> None:
         """Draining: close an idle connection once the client has been quiet for
-        ``_DRAIN_GRACE`` since its last response, so a request it sent just before is served."""
+        ``_DRAIN_GRACE`` since its last response, so a request it sent just before is served.
+        The connection's one timer does the waiting (``_on_timer``), so none outlives it."""
         if self.closed or self.active is not None or self.queue or self.tunnel is not None:
             return
-        wait = self.last_io + _DRAIN_GRACE - self.loop.time()
-        if wait > 0 or self.cur is not None:  # a request head is arriving: check again later
-            self.loop.call_later(max(wait, 0.05), self.close_when_quiet)
+        quiet_at = self.last_io + _DRAIN_GRACE
+        if quiet_at > self.loop.time() or self.cur is not None:
+            self._arm(max(quiet_at, self.loop.time() + 0.05))  # a request may be arriving
         else:
             self.close()
 
@@ -563,6 +564,9 @@ class DownstreamConnection(asyncio.Protocol):
                 self._arm(nxt)
             return
         if self.queue:
+            return
+        if ctx.draining:
+            self.close_when_quiet()
             return
         cur = self.cur
         if cur is not None and cur.deadline:
