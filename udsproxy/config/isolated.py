@@ -1,10 +1,13 @@
-"""Load a bootstrap in a forked child, so the serving process never imports Envoy's schema.
+"""Load a bootstrap without leaving Envoy's generated classes in the serving process.
 
-Validating against envoy-data-plane imports its generated classes: about 22 MiB that stay in
-the process for good (0.7 s the first time). The serving process needs only the frozen
-Bootstrap, so a short-lived child does the loading and hands the result back over a pipe
-(pickled: the config dataclasses are plain frozen values). Where the schema is already
-imported (``--mode validate``, tests) the child would save nothing and the load runs here.
+Validation reads Envoy's API from a cached table (``api_table``): small, and loaded in
+milliseconds, so with the table the load runs here. Without it (the first start, before the table
+is written, or where no cache directory is writable) validation imports envoy-data-plane's
+generated classes: about 22 MiB that would stay in the process for good (0.7 s the first time).
+The serving process needs only the frozen Bootstrap, so then a short-lived child does the
+loading (and writes the table for next time, where it can) and hands the result back over a pipe
+(pickled: the config dataclasses are plain frozen values). Where the schema is already imported
+(tests) the child would save nothing and the load runs here too.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import pickle
 import sys
 import warnings
 
+from udsproxy.config import api_table, validate
 from udsproxy.config.load import ConfigSource, load_and_resolve
 from udsproxy.config.schema import Bootstrap
 from udsproxy.errors import ConfigError
@@ -24,8 +28,15 @@ _SCHEMA_MODULE = "envoy_data_plane"
 
 
 def load_isolated(source: ConfigSource) -> Bootstrap:
-    """``load_and_resolve(source)``, run in a child process; raises what it would raise
-    (ConfigError, OSError) here."""
+    """``load_and_resolve(source)``, here with the API table, else in a child process; raises
+    what it would raise (ConfigError, OSError) here."""
+    held = api_table.is_loaded()  # someone keeps it (tests, a validating process): leave it
+    if held or api_table.loaded_table() is not None:
+        try:
+            return load_and_resolve(source)
+        finally:
+            if not held:
+                validate.release()  # read again on a reload: 4 MiB less while serving
     if _SCHEMA_MODULE in sys.modules or not hasattr(os, "fork"):
         return load_and_resolve(source)
     r, w = os.pipe()

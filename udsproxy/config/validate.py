@@ -2,7 +2,8 @@
 
 No Envoy schema is written here: the walker reads betterproto2's field metadata, so every message,
 enum and oneof Envoy defines is checked, and every problem is reported at once as
-``ConfigError([(yaml_path, message), ...])``.
+``ConfigError([(yaml_path, message), ...])``. The metadata comes as rows from ``api_table``: a
+cached table generated from envoy-data-plane (milliseconds to load), or the classes themselves.
 
 What comes back is the tree in canonical form, which is what ``convert`` relies on:
 
@@ -24,9 +25,7 @@ from __future__ import annotations
 
 import difflib
 import functools
-import importlib
 import json
-import keyword
 import math
 import operator
 import re
@@ -34,23 +33,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from udsproxy.config import api_table
 from udsproxy.errors import ConfigError
 
 __all__ = [
-    "BOOTSTRAP", "check", "describe", "entry", "item", "join", "resolve_type", "validate",
+    "BOOTSTRAP", "check", "describe", "entry", "item", "join", "release", "resolve_type",
+    "validate",
 ]  # fmt: skip
 
 BOOTSTRAP = "envoy.config.bootstrap.v3.Bootstrap"
-_URL_PREFIX = "type.googleapis.com/"
-# Imported up front: the bootstrap and the extensions udsproxy implements. Any other @type is
-# imported on demand from its package name.
-_KNOWN_PACKAGES = (
-    "envoy.config.bootstrap.v3",
-    "envoy.extensions.filters.network.http_connection_manager.v3",
-    "envoy.extensions.filters.http.router.v3",
-    "envoy.extensions.access_loggers.file.v3",
-    "envoy.extensions.upstreams.http.v3",
-)
 
 
 # --- YAML paths ---------------------------------------------------------------------------------
@@ -85,38 +76,27 @@ def describe(value: object) -> str:
     return type(value).__name__
 
 
-# --- the generated API --------------------------------------------------------------------------
+# --- the API -----------------------------------------------------------------------------------
 
 
 @functools.cache
-def _pool() -> Any:
-    for package in _KNOWN_PACKAGES:
-        importlib.import_module("envoy_data_plane." + package)
-    return importlib.import_module("envoy_data_plane.message_pool").default_message_pool
+def _api() -> api_table.Api:
+    return api_table.api()
 
 
 @functools.cache
-def resolve_type(type_url: str) -> Any:
-    """The generated message class for a type URL or full message name, or None if unknown.
+def resolve_type(type_url: str) -> _Message | None:
+    """The message for a type URL or full message name, or None if Envoy's API has no such one."""
+    key = _api().resolve(type_url.rsplit("/", 1)[-1])
+    return None if key is None else _message(key)
 
-    The package is imported on demand; names are checked to be identifiers first, so a user's
-    ``@type`` can only ever import a module inside envoy_data_plane.
-    """
-    name = type_url.rsplit("/", 1)[-1]
-    url = _URL_PREFIX + name
-    types = _pool().url_to_type
-    if url in types:
-        return types[url]
-    parts = name.split(".")
-    if not all(part.isidentifier() for part in parts):
-        return None
-    for end in range(len(parts) - 1, 0, -1):
-        try:
-            importlib.import_module("envoy_data_plane." + ".".join(parts[:end]))
-        except ImportError:
-            continue
-        return types.get(url)
-    return None
+
+def release() -> None:
+    """Forget the API (the table is ~4 MiB in memory) until the next check: for a process that
+    serves and validates only at start and on reload."""
+    for cached in (_api, resolve_type, _message, _enum_values):
+        cached.cache_clear()
+    api_table.release()
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +106,7 @@ class _Field:
     repeated: bool = False
     presence: bool = True  # False: proto3 implicit presence, the default value means unset
     group: str | None = None
-    target: Any = None  # message class (the wrapped one for WKTs) or enum class
+    target: str | None = None  # message key (the wrapped one for WKTs) or enum key
     key_kind: str = ""  # maps only
     value: _Field | None = None  # maps only
 
@@ -144,47 +124,32 @@ def _json_name(name: str) -> str:
     return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
-def _make_field(cls: Any, py_name: str, meta: Any) -> _Field:
-    by_field = cls._betterproto.cls_by_field
-    # betterproto2 appends "_" to Python keywords (e.g. "in"); the proto name has none.
-    name = py_name[:-1] if py_name.endswith("_") and keyword.iskeyword(py_name[:-1]) else py_name
-    if meta.proto_type == "map":
-        key_meta, value_meta = meta.map_meta
-        target = value_meta.unwrap() if value_meta.unwrap else by_field[f"{py_name}.value"]
-        value = _Field(name, value_meta.proto_type, target=target)
-        return _Field(name, "map", presence=False, key_kind=key_meta.proto_type, value=value)
-    target = meta.unwrap() if meta.unwrap else by_field[py_name]
-    return _Field(
-        name,
-        meta.proto_type,
-        repeated=bool(meta.repeated),
-        presence=bool(meta.optional or meta.group or meta.proto_type == "message")
-        and not meta.repeated,
-        group=meta.group,
-        target=target if meta.proto_type in ("message", "enum") else None,
-    )
+def _make_field(row: api_table.FieldRow) -> _Field:
+    name, kind, repeated, presence, group, target, key_kind, value_kind, value_target = row
+    if kind == "map":
+        value = _Field(name, value_kind, target=value_target)
+        return _Field(name, "map", presence=False, key_kind=key_kind, value=value)
+    return _Field(name, kind, repeated, presence, group, target)
 
 
 @functools.cache
-def _message(cls: Any) -> _Message:
+def _message(key: str) -> _Message:
+    full_name, rows = _api().message(key)
     fields: dict[str, _Field] = {}
     aliases: dict[str, str] = {}
     groups: dict[str, list[str]] = {}
-    for py_name, meta in cls._betterproto.meta_by_field_name.items():
-        f = _make_field(cls, py_name, meta)
+    for row in rows:
+        f = _make_field(row)
         fields[f.name] = f
         aliases[f.name] = aliases[_json_name(f.name)] = f.name
         if f.group:
             groups.setdefault(f.group, []).append(f.name)
-    url = _pool().type_to_url.get(cls, cls.__name__)
-    full_name = url.removeprefix(_URL_PREFIX)
     return _Message(full_name, fields, aliases, {g: tuple(m) for g, m in groups.items()})
 
 
 @functools.cache
-def _enum_values(cls: Any) -> dict[str, int]:
-    renamed: dict[str, int] = cls.betterproto_renamed_proto_names_to_value()
-    return renamed or {member.name: member.value for member in cls}
+def _enum_values(key: str) -> dict[str, int]:
+    return dict(_api().enum(key))
 
 
 # --- scalars ------------------------------------------------------------------------------------
@@ -278,8 +243,7 @@ class _Walker:
         self.errors.append((path, message))
         return _BAD
 
-    def message(self, value: object, cls: Any, path: str) -> Any:
-        info = _message(cls)
+    def message(self, value: object, info: _Message, path: str) -> Any:
         if info.full_name in _SPECIAL_JSON:
             return self.well_known(value, info.full_name, path)
         if not isinstance(value, Mapping):
@@ -348,9 +312,9 @@ class _Walker:
 
     def single(self, raw: object, f: _Field, path: str) -> Any:
         if f.kind == "message":
-            return self.message(raw, f.target, path)
+            return self.message(raw, _message(str(f.target)), path)
         if f.kind == "enum":
-            return self.enum(raw, f.target, path)
+            return self.enum(raw, str(f.target), path)
         return self.scalar(raw, f.kind, path)
 
     def scalar(self, raw: object, kind: str, path: str) -> Any:
@@ -379,8 +343,8 @@ class _Walker:
             return real
         return self.fail(path, f"unsupported field type {kind}")
 
-    def enum(self, raw: object, cls: Any, path: str) -> Any:
-        values = _enum_values(cls)
+    def enum(self, raw: object, key: str, path: str) -> Any:
+        values = _enum_values(key)
         if isinstance(raw, str):
             if raw in values:
                 return raw
@@ -442,17 +406,17 @@ class _Walker:
                 join(path, "@type"),
                 f"expected 'type.googleapis.com/<message name>', got {describe(type_url)}",
             )
-        cls = resolve_type(type_url)
-        if cls is None:
+        info = resolve_type(type_url)
+        if info is None:
             return self.fail(path, f"unknown @type '{type_url}'")
-        full_name = _message(cls).full_name
+        full_name = info.full_name
         body = {k: v for k, v in raw.items() if k != "@type"}
         if full_name in _SPECIAL_JSON:
             if set(body) != {"value"}:
                 return self.fail(path, f"an Any holding {full_name} takes its content in 'value'")
-            result = self.message(body["value"], cls, join(path, "value"))
+            result = self.message(body["value"], info, join(path, "value"))
             return result if result is _BAD else {"@type": full_name, "value": result}
-        result = self.message(body, cls, path)
+        result = self.message(body, info, path)
         return result if result is _BAD else {"@type": full_name, **result}
 
     def json(self, raw: object, path: str) -> Any:
@@ -510,7 +474,7 @@ def _shown(value: float, bound: str) -> str:
 
 def _is_default(value: object, f: _Field) -> bool:
     if f.kind == "enum":
-        return _enum_values(f.target).get(str(value)) == 0
+        return _enum_values(str(f.target)).get(str(value)) == 0
     if isinstance(value, list | dict):
         return not value
     return value in (0, "")  # also False and 0.0
@@ -555,11 +519,11 @@ def check(
     Returns the canonical form and every error, each with its YAML path (prefixed by ``path``).
     Values with errors are left out of the canonical form, so it is always well-typed.
     """
-    cls = resolve_type(type_name)
-    if cls is None:
+    info = resolve_type(type_name)
+    if info is None:
         raise ValueError(f"unknown message type {type_name!r}")
     walker = _Walker()
-    result = walker.message(tree, cls, path)
+    result = walker.message(tree, info, path)
     return ({} if result is _BAD else result), walker.errors
 
 

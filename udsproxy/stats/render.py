@@ -38,13 +38,13 @@ import math
 import re
 from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
-from typing import Any
-
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.metrics_core import Metric
+from typing import TYPE_CHECKING, Any
 
 from udsproxy.stats import Histogram, Snapshot
 from udsproxy.stats.tags import extract_tags, tag_extracted_name
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 __all__ = [
     "SUPPORTED_QUANTILES",
@@ -284,6 +284,8 @@ class EnvoyStatsCollector:
         self._used_only = used_only
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.metrics_core import Metric  # imported by render_prometheus
+
         used_only = self._used_only
         yield from self._numeric(self._snap.counters, "counter")
         yield from self._numeric(self._snap.gauges, "gauge")
@@ -295,6 +297,8 @@ class EnvoyStatsCollector:
             yield metric
 
     def _numeric(self, stats: dict[str, int], typ: str) -> Iterator[Metric]:
+        from prometheus_client.metrics_core import Metric
+
         used_only = self._used_only
         for stem, family in _group(stats, self._filter, lambda v: v or not used_only):
             metric = Metric(stem, "", typ)
@@ -356,6 +360,9 @@ def render_prometheus(
 ) -> bytes:
     """Envoy's /stats/prometheus (text format 0.0.4). filter/used_only as for render_text
     (Envoy accepts ?filter= and ?usedonly there too)."""
+    # Imported on first use: 20 ms of start-up (http.server, wsgiref) for an admin endpoint.
+    from prometheus_client import CollectorRegistry, generate_latest
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(EnvoyStatsCollector(snap, filter=filter, used_only=used_only))
     return "".join(_envoy_lines(generate_latest(registry).decode("utf-8"))).encode("utf-8")
