@@ -2,7 +2,7 @@
 
 GET:  /ready /server_info /stats (?filter= ?usedonly ?format=json|prometheus) /stats/prometheus
       /clusters (?format=json) /config_dump /listeners (?format=json) /runtime / and /help
-POST: /healthcheck/fail /healthcheck/ok /drain_listeners (?graceful) /quitquitquit
+POST: /healthcheck/fail /healthcheck/ok /drain_listeners (?graceful) /quitquitquit /reopen_logs
       /logging (?level= or ?<logger>=<level>) /reset_counters /runtime_modify (?key=value)
 A GET on a mutating endpoint is answered 400, as Envoy does.
 """
@@ -23,7 +23,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 from udsproxy import __version__
 from udsproxy.accesslog.sink import build_access_loggers
+from udsproxy.applog import reopen_logs
 from udsproxy.config.schema import Pipe
+from udsproxy.envoy_flags import self_node
 from udsproxy.server import pipe_gauges
 from udsproxy.stats.peers import PeerGroup, to_snapshot
 from udsproxy.stats.render import render_json, render_prometheus, render_text
@@ -210,6 +212,8 @@ class AdminServer:
             await server.drain_listeners(graceful=arg == "graceful")
         elif command == "reset":
             server.reset_counters()
+        elif command == "reopen":
+            reopen_logs(server.sinks)
         elif command == "runtime":
             server.runtime.modify(json.loads(arg))
         elif command == "logging":
@@ -255,7 +259,7 @@ async def _server_info(admin: AdminServer, q: dict[str, str]) -> tuple[int, str,
             "state": admin.state(),
             "hot_restart_version": "disabled",
             "command_line_options": admin.options,
-            "node": {},
+            "node": self_node(admin.options),
             "uptime_current_epoch": f"{uptime}s",
             "uptime_all_epochs": f"{uptime}s",
         }
@@ -432,6 +436,12 @@ async def _runtime_modify(admin: AdminServer, q: dict[str, str]) -> tuple[int, s
     if not q:
         raise ValueError("usage: /runtime_modify?key1=value1&key2=value2")
     await admin.peers.broadcast("runtime", json.dumps(q))
+    return _text("OK\n")
+
+
+@_endpoint("/reopen_logs", "reopen every access log file, in every worker (as SIGUSR1)", post=True)
+async def _reopen_logs(admin: AdminServer, q: dict[str, str]) -> tuple[int, str, bytes]:
+    await admin.peers.broadcast("reopen")
     return _text("OK\n")
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from typing import Any
 
 from udsproxy import __version__
+from udsproxy.envoy_flags import add_envoy_flags, check_envoy_flags
 from udsproxy.errors import ConfigError
 
 __all__ = ["main"]
@@ -36,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
         "--concurrency",
         type=int,
         default=0,
-        help="worker processes (default: the number of cores; 1 serves in this process)",
+        help="worker processes (default: the CPUs this process may use: the affinity mask and "
+        "the cgroup CPU quota, rounded up; 1 serves in this process unless it is PID 1)",
     )
     p.add_argument(
         "--splice-min-bytes",
@@ -61,16 +62,28 @@ def _parser() -> argparse.ArgumentParser:
         help="do not count per-request stats (to measure what counting costs)",
     )
     p.add_argument("--version", action="version", version=f"udsproxy {__version__}")
+    add_envoy_flags(p)
     return p
 
 
-def _setup_logging(level: str) -> None:
-    numeric = {"trace": logging.DEBUG, "warn": logging.WARNING, "off": logging.CRITICAL + 10}
-    logging.basicConfig(
-        level=numeric.get(level, getattr(logging, level.upper(), logging.INFO)),
-        format="[%(asctime)s][%(levelname)s][%(name)s] %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(args: argparse.Namespace) -> str | None:
+    """udsproxy's own log (--log-level, --log-path, --log-format, --component-log-level);
+    returns an error message for a bad flag value."""
+    from udsproxy.applog import compile_spdlog, parse_component_levels, setup_logging
+
+    try:
+        if args.log_format:
+            compile_spdlog(args.log_format)
+        levels = parse_component_levels(args.component_log_level or "")
+        setup_logging(
+            args.log_level,
+            log_path=args.log_path,
+            log_format=args.log_format,
+            component_levels=levels,
+        )
+    except (ValueError, OSError) as exc:
+        return str(exc)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(args_list[1:])
     args = _parser().parse_args(args_list)
-    _setup_logging(args.log_level)
+    problem = check_envoy_flags(args) or _setup_logging(args)
+    if problem:
+        print(f"udsproxy: {problem}", file=sys.stderr)
+        return 2
     if not args.config_path and not args.config_yaml:
         print("udsproxy: one of -c/--config-path or --config-yaml is required", file=sys.stderr)
         return 2
@@ -113,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     from udsproxy.supervisor import run_workers, serve
 
     splice = DEFAULT_SPLICE_MIN_BYTES if args.splice_min_bytes is None else args.splice_min_bytes
-    concurrency = args.concurrency or os.cpu_count() or 1
+    from udsproxy.cpus import usable_cpus
+
+    concurrency = args.concurrency or usable_cpus()
     options: dict[str, Any] = {
         "splice_min_bytes": splice,
         "splice_responses": args.splice_responses,
@@ -122,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         "options": {k: v for k, v in vars(args).items() if k != "config_yaml"},
     }
     try:
-        if concurrency == 1:
+        # As PID 1 (a container without an init) the supervisor serves as init: it reaps any
+        # orphan, which the serving process (its own forked config loader) must not do.
+        if concurrency == 1 and os.getpid() != 1:
             import uvloop
 
             uvloop.run(serve(source, drain_time=args.drain_time_s, loaded=bootstrap, **options))

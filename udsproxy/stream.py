@@ -38,6 +38,8 @@ __all__ = ["Stream", "request_id"]
 
 _rng = random.Random(os.urandom(16))
 _getrandbits = _rng.getrandbits
+# Workers are forked after this import: each must draw its own x-request-id sequence.
+os.register_at_fork(after_in_child=lambda: _rng.seed(os.urandom(16)))
 _VARIANT = (b"8", b"9", b"a", b"b")
 _CRLF = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"

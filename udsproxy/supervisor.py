@@ -4,8 +4,14 @@ With ``--concurrency N`` the supervisor binds what must be shared before forking
 listeners, and TCP listeners on port 0 so every worker gets the same port) and the workers
 inherit those sockets; explicit TCP ports are bound by each worker with SO_REUSEPORT, so the
 kernel spreads connections across them. The supervisor runs no event loop: it waits for
-signals, forwards SIGHUP (reload) and SIGTERM/SIGINT (drain) to every worker, and restarts a
-worker that dies, counting it.
+signals, forwards SIGHUP (reload), SIGUSR1 (reopen the logs) and SIGTERM/SIGINT (drain) to
+every worker, reaps every child (it may be PID 1 in a container: orphans come to it) and
+restarts a worker that dies, counting it.
+
+Signals: the kernel drops a signal sent to PID 1 unless it has a handler or blocks it, so each
+one udsproxy answers is handled in both paths: the supervisor blocks them and waits with
+sigtimedwait; a serving process installs loop handlers, and a worker keeps them blocked from
+the fork until those handlers are in place (a SIGUSR1 or SIGHUP meanwhile waits, not kills).
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from typing import Any
 
 import uvloop
 
+from udsproxy import sdnotify
 from udsproxy.admin import AdminServer
+from udsproxy.applog import reopen_logs
 from udsproxy.config import schema
 from udsproxy.errors import ConfigError
 from udsproxy.server import Server, bind_unix
@@ -33,7 +41,8 @@ __all__ = ["run_workers", "serve"]
 
 log = logging.getLogger("udsproxy.supervisor")
 
-_SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+_HANDLED = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
+_SIGNALS = _HANDLED | {signal.SIGCHLD}
 
 
 async def serve(
@@ -91,18 +100,29 @@ async def serve(
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     pending: set[asyncio.Task[bool]] = set()
+    announce = worker is None or worker == 0
 
     def reload(reason: str) -> None:
+        if worker is None:
+            sdnotify.reloading()  # with workers the supervisor says it
         task = loop.create_task(server.reload(reason))
         pending.add(task)
         task.add_done_callback(pending.discard)
+        if announce:
+            task.add_done_callback(lambda _: sdnotify.notify("READY=1"))
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload, "SIGHUP")
+    loop.add_signal_handler(signal.SIGUSR1, reopen_logs, server.sinks)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)  # a worker's: blocked since the fork
+    if announce:
+        sdnotify.notify("READY=1")
     watcher = ConfigWatcher(lambda: watch_targets(server.bootstrap), server.reload)
     watcher.start()
     await stop.wait()
+    if worker is None:
+        sdnotify.notify("STOPPING=1")
     log.info("shutting down: draining for up to %.1fs", drain_time)
     await watcher.stop()
     if admin is not None:
@@ -203,8 +223,9 @@ class _Supervisor:
         if pid == 0:  # the worker
             code = 1
             try:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-                for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+                # The handled signals stay blocked until serve() installs its handlers.
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+                for sig in _HANDLED:
                     signal.signal(sig, signal.SIG_DFL)
                 uvloop.run(
                     serve(
@@ -241,7 +262,8 @@ class _Supervisor:
                 os.kill(pid, sig)
 
     def reap(self) -> None:
-        while self.workers:
+        # waitpid(-1): as PID 1 any orphan in the container is ours to reap, not only workers
+        while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -253,6 +275,11 @@ class _Supervisor:
                 continue
             if self.stopping:
                 log.info("worker %d (pid %d) exited", index, pid)
+                continue
+            if self.concurrency == 1 and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+                # the only worker drained and left on its own (/quitquitquit): so do we
+                log.info("worker %d (pid %d) exited", index, pid)
+                self.stopping = True
                 continue
             self.restarts.add(1)
             # A worker that dies right after it started (a port in use, a bad file) would die
@@ -285,6 +312,7 @@ class _Supervisor:
             self.due[index] = time.monotonic() + delay
 
     def stop(self) -> None:
+        sdnotify.notify("STOPPING=1")
         self.stopping = True
         self.kill_at = time.monotonic() + self.drain_time + 2.0
         self.forward(signal.SIGTERM)
@@ -308,7 +336,11 @@ class _Supervisor:
             if info is not None:
                 if info.si_signo == signal.SIGHUP:
                     log.info("SIGHUP: reloading every worker")
+                    sdnotify.reloading()  # worker 0 says READY=1 when its reload is done
                     self.forward(signal.SIGHUP)
+                elif info.si_signo == signal.SIGUSR1:
+                    log.info("SIGUSR1: every worker reopens its log files")
+                    self.forward(signal.SIGUSR1)
                 elif info.si_signo in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
                     self.stop()
             self.reap()

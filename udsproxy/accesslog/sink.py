@@ -4,6 +4,9 @@ Envoy buffers file logs and writes them from a flush thread every ``--file-flush
 or once 64 KiB are pending. ``FileSink`` does the same with one daemon writer thread per file, so
 a slow disk or a full stdout pipe never stalls the event loop. Unlike Envoy (envoyproxy/envoy#9458)
 memory is bounded: past ``max_buffer_bytes`` lines are dropped and counted.
+
+``reopen`` (SIGUSR1, admin ``POST /reopen_logs``) opens the path again after logrotate renamed
+the file: lines queued before it go to the old file, later ones to the new; none is dropped.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ class FileSink:
         self.dropped_lines = 0
         self.dropped_bytes = 0
         self.write_errors = 0
+        self.reopen_failures = 0
         self.closed = False
         self._reset()
         _sinks.add(self)
@@ -90,6 +94,7 @@ class FileSink:
         self._queued = 0  # bytes in _lines
         self._pending = 0  # bytes queued or being written: what max_buffer_bytes bounds
         self._kicked = False
+        self._reopen = False  # the writer thread reopens the path after its current batch
         self._thread: threading.Thread | None = None
 
     def write(self, text: str, lines: int = 1) -> None:
@@ -125,6 +130,25 @@ class FileSink:
         """Write everything queued so far, in the calling thread (tests, shutdown)."""
         self._drain()
 
+    def reopen(self) -> None:
+        """Open the path again (logrotate moved the file away). ``/dev/stdout`` and
+        ``/dev/stderr`` are kept. Lines queued so far are written to the old file first.
+
+        The writer thread does it, so a slow disk never stalls the caller (the event loop);
+        before the first line there is no thread and the reopen happens here."""
+        if not self._owns_fd:
+            return
+        with self._lock:
+            if self.closed:
+                return
+            self._reopen = True
+            thread = self._thread
+            if thread is not None:
+                self._kicked = True
+                self._wake.set()
+        if thread is None:
+            self._drain()
+
     def close(self) -> None:
         """Flush, stop the writer thread and close the file. Idempotent."""
         with self._lock:
@@ -154,23 +178,42 @@ class FileSink:
                 lines, self._lines = self._lines, []
                 nlines, self._nlines = self._nlines, 0
                 nbytes, self._queued, self._kicked = self._queued, 0, False
-            if not lines:
-                return
-            ok = False
-            try:
-                self._write_all("".join(lines).encode("latin-1", "udsproxy.utf8"))
-                ok = True
-            except OSError as e:
-                _log.warning("access log %s: %d lines lost: %s", self.path, nlines, e)
-            with self._lock:
-                self._pending -= nbytes
-                if ok:
-                    self.written_lines += nlines
-                    self.write_batches += 1
-                else:
-                    self.write_errors += 1
-                    self.dropped_lines += nlines
-                    self.dropped_bytes += nbytes
+            if lines:
+                self._write_batch(lines, nlines, nbytes)
+            if self._reopen:
+                self._reopen_fd()
+
+    def _write_batch(self, lines: list[str], nlines: int, nbytes: int) -> None:
+        ok = False
+        try:
+            self._write_all("".join(lines).encode("latin-1", "udsproxy.utf8"))
+            ok = True
+        except OSError as e:
+            _log.warning("access log %s: %d lines lost: %s", self.path, nlines, e)
+        with self._lock:
+            self._pending -= nbytes
+            if ok:
+                self.written_lines += nlines
+                self.write_batches += 1
+            else:
+                self.write_errors += 1
+                self.dropped_lines += nlines
+                self.dropped_bytes += nbytes
+
+    def _reopen_fd(self) -> None:
+        """Swap in a new descriptor for the path; called with ``_io_lock`` held, so no batch is
+        half written to the old one. If the open fails the old file keeps the lines."""
+        self._reopen = False
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            self.reopen_failures += 1
+            _log.warning(
+                "access log %s: cannot reopen (still writing the old file): %s", self.path, e
+            )
+            return
+        old, self._fd = self._fd, fd
+        os.close(old)
 
     def _write_all(self, data: bytes) -> None:
         view, start, end = memoryview(data), 0, len(data)
@@ -247,6 +290,15 @@ class SinkRegistry:
         """/reset_counters: later stats count from now."""
         self._base = {}
         self._base = self.stats()[0]
+
+    def reopen_all(self) -> int:
+        """SIGUSR1 and ``POST /reopen_logs``: every access log file opens its path again.
+        Returns how many files were asked to."""
+        with self._lock:
+            sinks = [s for s in self._sinks.values() if s.path not in _STD_FDS]
+        for sink in sinks:
+            sink.reopen()
+        return len(sinks)
 
     def close_all(self) -> None:
         with self._lock:
