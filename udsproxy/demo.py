@@ -500,6 +500,13 @@ async def _run(args: argparse.Namespace) -> int:
             await builtin.start()
             upstream_desc = "the built-in upstream (udsproxy.demo.BuiltinUpstream)"
 
+        if args.config:
+            from udsproxy.sample_conf import resolve_sample
+
+            packaged = resolve_sample(args.config)
+            if packaged is not None:  # an installed wheel: the packaged conf/ copy
+                _say(f"udsproxy demo: {args.config} from the installed package ({packaged})")
+                os.chdir(packaged)
         config: Any = args.config or proxy_config(args.port, socket_path, args.address)
         try:
             server = await Server.start(config)
