@@ -44,6 +44,8 @@ ensure_system_packages() {
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # TLS tests make certificates
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)  # the benchmark harness's smoke test
+    # tests/integration/test_bare_metal.py runs the shipped logrotate file for real
+    command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || missing+=(logrotate)
     # the container image tests (tests/integration/test_image.py, scripts/image); catatonit is
     # podman's pause process for pods
     local tool
