@@ -33,7 +33,7 @@ RUN --mount=type=secret,id=ca \
 # Runtime stage: python3 and the venv, nothing to build with and no pip.
 FROM ${BASE}
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 tini \
+    && apt-get install -y --no-install-recommends python3 \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
     && groupadd --system --gid 10101 udsproxy \
     && useradd --system --uid 10101 --gid 10101 --home-dir /nonexistent --no-create-home \
@@ -45,9 +45,8 @@ RUN ln -s /opt/udsproxy/bin/udsproxy /usr/local/bin/udsproxy \
 COPY deploy/docker/envoy.yaml /etc/envoy/envoy.yaml
 USER 10101:10101
 EXPOSE 10000 9902
-# SIGTERM drains (--drain-time-s), SIGHUP reloads, SIGUSR1 reopens the access logs. tini is
-# PID 1 until udsproxy reaps orphans itself: it forwards those signals to udsproxy, reaps, and
-# exits with udsproxy's status. (A spec with `command: [envoy]` runs udsproxy as PID 1 directly.)
+# SIGTERM drains (--drain-time-s), SIGHUP reloads, SIGUSR1 reopens the access logs. udsproxy is
+# PID 1: it then always runs its supervisor, which handles those signals and reaps every child.
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["/usr/bin/tini", "--", "udsproxy"]
+ENTRYPOINT ["udsproxy"]
 CMD ["-c", "/etc/envoy/envoy.yaml"]

@@ -163,7 +163,7 @@ class _Converter:
             elif "disk_layer" in layer:
                 disk = layer["disk_layer"]
                 disk_path = join(layer_path, "disk_layer")
-                # append_service_cluster needs --service-cluster, which udsproxy does not take
+                # append_service_cluster (a subdirectory per --service-cluster): not implemented
                 self.only(disk, disk_path, ("symlink_root", "subdirectory"))
                 kw = _pick(disk, "symlink_root", "subdirectory")
                 layers.append(RuntimeLayer(name=name, kind="disk", **kw))
