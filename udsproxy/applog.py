@@ -157,6 +157,14 @@ def setup_logging(
 def reopen_logs(sinks: SinkRegistry) -> None:
     """SIGUSR1 / ``POST /reopen_logs``: every access log file and the ``--log-path`` file."""
     count = sinks.reopen_all()
+    reopen_log_path()
+    logging.getLogger("udsproxy").info(
+        "reopened %d access log file(s)%s", count, " and the log file" if _file_handlers else ""
+    )
+
+
+def reopen_log_path() -> None:
+    """The ``--log-path`` file only: what the supervisor, which has no access log, reopens."""
     for handler in _file_handlers:
         handler.acquire()
         try:
@@ -168,6 +176,3 @@ def reopen_logs(sinks: SinkRegistry) -> None:
             logging.getLogger("udsproxy").warning("cannot reopen %s: %s", handler.baseFilename, exc)
         finally:
             handler.release()
-    logging.getLogger("udsproxy").info(
-        "reopened %d access log file(s)%s", count, " and the log file" if _file_handlers else ""
-    )

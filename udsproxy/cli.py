@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from typing import Any
 
 from udsproxy import __version__
 from udsproxy.envoy_flags import add_envoy_flags, check_envoy_flags
 from udsproxy.errors import ConfigError
+from udsproxy.procsignals import HANDLED
 
 __all__ = ["main"]
 
@@ -21,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="udsproxy",
         description="HTTP/1.1 edge proxy configured with Envoy's v3 bootstrap YAML. "
         "Run 'udsproxy demo --help' for the one-machine demo.",
+        allow_abbrev=False,  # Envoy takes no abbreviated flags: neither do we
     )
     p.add_argument("-c", "--config-path", help="Envoy v3 bootstrap file (YAML or JSON)")
     p.add_argument("--config-yaml", help="bootstrap as an inline YAML string")
@@ -88,6 +91,10 @@ def _setup_logging(args: argparse.Namespace) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else argv
+    if args_list[:1] and os.path.basename(args_list[0]) == "envoy":
+        # Envoy's image takes `envoy -c ...` as its arguments too (its entrypoint script), so
+        # a container spec that passes them works with this image unchanged
+        args_list = args_list[1:]
     if args_list[:1] == ["demo"]:
         from udsproxy.demo import main as demo_main
 
@@ -107,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     from udsproxy.config.isolated import load_isolated
     from udsproxy.config.load import load_and_resolve
 
+    if args.mode == "serve":
+        # Until the handlers are in place (supervisor.serve unblocks them), SIGHUP and SIGUSR1
+        # would kill the process, and as PID 1 a SIGTERM would be lost: they wait instead.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
     source = args.config_yaml if args.config_yaml else args.config_path
     name = args.config_path or "--config-yaml"
     try:

@@ -504,9 +504,11 @@ class DownstreamConnection(asyncio.Protocol):
         The connection's one timer does the waiting (``_on_timer``), so none outlives it."""
         if self.closed or self.active is not None or self.queue or self.tunnel is not None:
             return
+        if self.cur is not None:
+            return  # a request is arriving: answered with connection: close, or timed out
         quiet_at = self.last_io + _DRAIN_GRACE
-        if quiet_at > self.loop.time() or self.cur is not None:
-            self._arm(max(quiet_at, self.loop.time() + 0.05))  # a request may be arriving
+        if quiet_at > self.loop.time():
+            self._arm(quiet_at)
         else:
             self.close()
 
@@ -565,10 +567,10 @@ class DownstreamConnection(asyncio.Protocol):
             return
         if self.queue:
             return
-        if ctx.draining:
+        cur = self.cur
+        if ctx.draining and cur is None:
             self.close_when_quiet()
             return
-        cur = self.cur
         if cur is not None and cur.deadline:
             # request_timeout while the head is still arriving
             if cur.deadline <= now:

@@ -30,9 +30,10 @@ import uvloop
 
 from udsproxy import sdnotify
 from udsproxy.admin import AdminServer
-from udsproxy.applog import reopen_logs
+from udsproxy.applog import reopen_log_path, reopen_logs
 from udsproxy.config import schema
 from udsproxy.errors import ConfigError
+from udsproxy.procsignals import HANDLED
 from udsproxy.server import Server, bind_unix
 from udsproxy.stats.peers import PeerGroup, RestartCounter
 from udsproxy.watch import ConfigWatcher, watch_targets
@@ -41,7 +42,7 @@ __all__ = ["run_workers", "serve"]
 
 log = logging.getLogger("udsproxy.supervisor")
 
-_HANDLED = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
+_HANDLED = set(HANDLED)
 _SIGNALS = _HANDLED | {signal.SIGCHLD}
 
 
@@ -102,14 +103,20 @@ async def serve(
     pending: set[asyncio.Task[bool]] = set()
     announce = worker is None or worker == 0
 
+    def ready_again(_: object) -> None:
+        if not stop.is_set():  # never READY=1 after STOPPING=1
+            sdnotify.notify("READY=1")
+
     def reload(reason: str) -> None:
+        if stop.is_set():
+            return  # draining: no reload any more
         if worker is None:
             sdnotify.reloading()  # with workers the supervisor says it
         task = loop.create_task(server.reload(reason))
         pending.add(task)
         task.add_done_callback(pending.discard)
         if announce:
-            task.add_done_callback(lambda _: sdnotify.notify("READY=1"))
+            task.add_done_callback(ready_again)
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -334,11 +341,14 @@ class _Supervisor:
             wait = 0.5 if not self.due else max(0.01, min(self.due.values()) - time.monotonic())
             info = signal.sigtimedwait(_SIGNALS, min(wait, 0.5))
             if info is not None:
-                if info.si_signo == signal.SIGHUP:
+                if info.si_signo == signal.SIGHUP and self.stopping:
+                    log.info("SIGHUP while stopping: no reload")
+                elif info.si_signo == signal.SIGHUP:
                     log.info("SIGHUP: reloading every worker")
                     sdnotify.reloading()  # worker 0 says READY=1 when its reload is done
                     self.forward(signal.SIGHUP)
                 elif info.si_signo == signal.SIGUSR1:
+                    reopen_log_path()  # the supervisor's own --log-path, rotated too
                     log.info("SIGUSR1: every worker reopens its log files")
                     self.forward(signal.SIGUSR1)
                 elif info.si_signo in (signal.SIGTERM, signal.SIGINT) and not self.stopping:

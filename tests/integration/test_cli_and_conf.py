@@ -146,3 +146,10 @@ def test_validate_the_articles_files() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "deprecated v2 form 'type.googleapis.com/envoy.api.v2.Cluster'" in result.stderr
+
+
+def test_envoy_as_the_first_argument() -> None:
+    """Envoy's image also takes `envoy -c FILE` as its arguments: so does this one."""
+    result = _udsproxy("envoy", "--mode", "validate", "-c", str(PROXY_YAML))
+    assert result.returncode == 0, result.stderr
+    assert _udsproxy("--drain-time", "5", "-c", str(PROXY_YAML)).returncode == 2  # no abbrev

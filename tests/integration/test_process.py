@@ -213,18 +213,25 @@ def test_rotation_under_load_loses_no_line(
     assert all(p.stat().st_size > 0 for p in [*rotated, log])
 
 
-def test_sigusr1_without_workers_keeps_serving_and_reopens_log_path(
-    tmp_path: Path, nginx: NginxInstance
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_sigusr1_keeps_serving_and_reopens_log_path(
+    tmp_path: Path, nginx: NginxInstance, concurrency: int
 ) -> None:
-    """--log-path (udsproxy's own log) is reopened with the access logs, as in Envoy."""
+    """--log-path (udsproxy's own log) is reopened with the access logs, as in Envoy: by the
+    serving process, and with workers by the supervisor too (its lines must not go on into
+    the rotated file, which logrotate may compress and delete)."""
     log = tmp_path / "access.log"
     own = tmp_path / "udsproxy.log"
     cfg = config(nginx, log, "%REQ(:PATH)%\n", admin=False)
-    with running(tmp_path, cfg, "--concurrency", "1", "--log-path", str(own)) as proxy:
+    with running(tmp_path, cfg, "--concurrency", str(concurrency), "--log-path", str(own)) as proxy:
         assert own.exists()
-        own.rename(tmp_path / "udsproxy.log.1")
+        rotated = tmp_path / "udsproxy.log.1"
+        own.rename(rotated)
         os.kill(proxy.pid, signal.SIGUSR1)
         assert wait_until(lambda: own.exists() and "reopened" in own.read_text(), 10)
+        if concurrency > 1:
+            assert wait_until(lambda: "every worker reopens" in own.read_text(), 10)
+            assert "every worker reopens" not in rotated.read_text()
         assert proxy.proc.poll() is None
 
 
