@@ -387,3 +387,26 @@ def spec_grace(pod: Pod) -> float:
     (deployment,) = by_kind(pod.resources, "Deployment")
     grace: int = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     return float(grace)
+
+
+def test_demo_runs_from_the_installed_wheel_in_the_image(image: str) -> None:
+    """`udsproxy demo` from the wheel installed in the image (no nginx there: its built-in
+    upstream), with the demo site and configs that the wheel carries."""
+    name = f"udsproxy-demo-test-{os.getpid()}"
+    port = _free_port()
+    podman(
+        "run", "-d", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:10000",
+        "--entrypoint", "udsproxy", image,
+        "demo", "--upstream", "builtin", "--socket", "/tmp/hugo.sock",
+    )  # fmt: skip
+    try:
+        status, body = wait_for("the demo answers", lambda: get(port, "/"), 30, 0.1)
+        assert status == 200 and b"<html" in body.lower()
+
+        def logged() -> bool:  # the access log is flushed within a second
+            out = podman("logs", name, check=False)
+            return '"GET / HTTP/1.1" 200' in out.stdout + out.stderr
+
+        wait_for("the access-log line", logged, 10, 0.2)
+    finally:
+        podman("rm", "--force", "--time", "0", name, check=False, timeout=60)
