@@ -43,6 +43,7 @@ os.register_at_fork(after_in_child=lambda: _rng.seed(os.urandom(16)))
 _VARIANT = (b"8", b"9", b"a", b"b")
 _CRLF = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
+_LAST_CHUNK_LEN = len(_LAST_CHUNK)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -277,9 +278,12 @@ class Stream(StreamInfo):
                     self._drop_body()  # too big to replay: no retry for this one
         if up is not None and up.transport is not None:
             if self.req_chunked:
-                up.transport.writelines([b"%x\r\n" % n, data, _CRLF])
+                size = b"%x\r\n" % n
+                up.transport.writelines([size, data, _CRLF])
+                n += len(size) + 2  # bytes on the wire, as Envoy counts them
             else:
                 up.transport.write(data)
+            up.stats.upstream_cx_tx_bytes_total += n
 
     def _pump_request(self, data: bytes = b"") -> None:
         """The request body through its decompressor, a bounded piece at a time while the
@@ -312,6 +316,7 @@ class Stream(StreamInfo):
         up = self.upstream
         if up is not None and up.transport is not None:
             up.transport.write(_LAST_CHUNK)
+            up.stats.upstream_cx_tx_bytes_total += _LAST_CHUNK_LEN
             self.last_upstream_tx_mono = time.monotonic()
 
     def on_request_complete(self) -> None:
@@ -324,6 +329,7 @@ class Stream(StreamInfo):
         elif up is not None and up.transport is not None:
             if self.req_chunked:
                 up.transport.write(_LAST_CHUNK)
+                up.stats.upstream_cx_tx_bytes_total += _LAST_CHUNK_LEN
             self.last_upstream_tx_mono = self.last_downstream_rx_mono
         if self.route is not None and not self.done:
             self._arm_route_timeout()
@@ -696,6 +702,7 @@ class Stream(StreamInfo):
         assert up.transport is not None
         if self.tunnel_buf:
             up.transport.writelines(self.tunnel_buf)
+            up.stats.upstream_cx_tx_bytes_total += sum(map(len, self.tunnel_buf))
         self.tunnel_buf = None
         if rest:
             self.on_tunnel_data(rest)
@@ -743,10 +750,12 @@ class Stream(StreamInfo):
         conn.write(data)
 
     def on_downstream_tunnel_data(self, data: bytes) -> None:
-        self.bytes_received += len(data)
+        n = len(data)
+        self.bytes_received += n
         up = self.upstream
         if up is not None and up.transport is not None:
             up.transport.write(data)
+            up.stats.upstream_cx_tx_bytes_total += n
 
     # -- failures ------------------------------------------------------------------------------
     def on_upstream_protocol_error(self, up: UpstreamConnection) -> None:

@@ -77,6 +77,7 @@ class UpstreamConnection(asyncio.Protocol):
         "resp_headers",
         "resp_status",
         "splicer",
+        "stats",
         "stray_body",
         "stream",
         "transport",
@@ -85,6 +86,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def __init__(self, host: Host) -> None:
         self.host = host
+        # its cluster's (kept across reloads): every write upstream adds to upstream_cx_tx_bytes
+        self.stats = host.cluster.stats
         self.transport: asyncio.Transport | None = None
         self.stream: Stream | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -329,9 +332,8 @@ class UpstreamConnection(asyncio.Protocol):
     # -- used by Stream / Host ----------------------------------------------------------------
     def send(self, stream: Stream, data: list[bytes]) -> None:
         assert self.transport is not None
-        host = self.host
-        host.cluster.stats.upstream_cx_tx_bytes_total += sum(map(len, data))
-        host.rq_total += 1
+        self.stats.upstream_cx_tx_bytes_total += sum(map(len, data))
+        self.host.rq_total += 1
         self.stream = stream
         self.requests += 1
         self._reset_response()
