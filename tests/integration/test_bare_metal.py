@@ -131,9 +131,9 @@ def test_logrotate_under_load_loses_no_line(tmp_path: Path, nginx: NginxInstance
     with running(tmp_path, cfg, "--concurrency", "2") as proxy:
         assert wait_until(lambda: len(children(proxy.pid)) == 2, 10)
         text = LOGROTATE.read_text().replace("/var/log/udsproxy/*.log", str(log))
-        text = text.replace(
-            "systemctl kill --signal=USR1 udsproxy.service", f"kill -USR1 {proxy.pid}"
-        )
+        shipped = "systemctl kill --kill-whom=main --signal=USR1 udsproxy.service"
+        assert shipped in text
+        text = text.replace(shipped, f"kill -USR1 {proxy.pid}")
         text = text.replace("    dateext\n", "")  # three rotations within a second: numbered
         conf = tmp_path / "logrotate.conf"
         conf.write_text(text)
