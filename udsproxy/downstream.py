@@ -238,9 +238,10 @@ class DownstreamConnection(asyncio.Protocol):
             self.splicer = None
 
     def eof_received(self) -> bool:
-        # A half-closed client still gets its pending responses (curl --http1.1 with -T, etc.),
-        # but one that stops in the middle of a request has gone away.
-        if self._linger is not None or self.cur is not None:
+        # Envoy's connection manager does not half-close: a client's FIN is its disconnect,
+        # and the requests it leaves unanswered end 0 DC (downstream_remote_disconnect), not
+        # with the status the upstream sends later. Only a tunnel keeps its other direction.
+        if self.tunnel is None or self._linger is not None or self.cur is not None:
             return False
         if self.active is None and not self.queue:
             return False

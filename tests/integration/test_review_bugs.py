@@ -2,6 +2,7 @@
 
 - streamed request bodies count in ``upstream_cx_tx_bytes_total`` (bytes on the wire, framing
   included, as Envoy counts them);
+- a client that closes before its response is logged 0 DC ``downstream_remote_disconnect``;
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import pytest
 
 from .conftest import SockPaths
 from .support import (
+    AccessLog,
     InProcessProxy,
+    PyUpstream,
     RawConn,
     single_route_config,
     unlink_quietly,
@@ -27,6 +30,22 @@ from .support import (
 pytestmark = pytest.mark.integration
 
 Inproc = Callable[[dict[str, Any]], InProcessProxy]
+
+# Envoy's default format plus %RESPONSE_CODE_DETAILS% (what the flags alone do not say)
+_FORMAT = (
+    '"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" %RESPONSE_CODE% '
+    '%RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% "%REQ(USER-AGENT)%"\n'
+)
+
+
+def _config(socket_path: str, log: Path) -> dict[str, Any]:
+    cfg = single_route_config(socket_path, log)
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    hcm["typed_config"]["access_log"][0]["typed_config"]["log_format"] = {
+        "text_format_source": {"inline_string": _FORMAT}
+    }
+    return cfg
+
 
 # --------------------------------------------------------------------------------------------
 # 1. upstream_cx_tx_bytes_total counts streamed request bodies
@@ -113,3 +132,45 @@ def test_streamed_request_body_counts_in_upstream_tx_bytes(
     stats = p.server.clusters["hugo"].stats
     assert counting_upstream.received[0] > len(body)
     assert stats.upstream_cx_tx_bytes_total == counting_upstream.received[0]
+
+
+# --------------------------------------------------------------------------------------------
+# 2. a client gone before its response: 0 DC
+
+
+@pytest.mark.parametrize("how", ["fin", "reset"])
+def test_client_gone_before_the_response_is_0_dc(
+    how: str, py_upstream: PyUpstream, inproc: Inproc, tmp_path: Path
+) -> None:
+    """The upstream answers 200 after the client has gone. Envoy's connection manager does not
+    half-close: the client's FIN is its disconnect, as a reset is."""
+    log = tmp_path / "access.log"
+    p = inproc(_config(py_upstream.socket_path, log))
+    ua = f"gone-{how}"
+    sock = socket.create_connection(p.address())
+    sock.sendall(b"GET /py/slow?ms=400 HTTP/1.1\r\nHost: a\r\nUser-Agent: %s\r\n\r\n" % ua.encode())
+    time.sleep(0.1)
+    if how == "reset":
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()
+    time.sleep(0.6)  # the upstream's 200 has come (or would have)
+    p.stop()
+    line = AccessLog(log).wait_for_line(f'"{ua}"')
+    assert line == f'"GET /py/slow?ms=400 HTTP/1.1" 0 DC downstream_remote_disconnect "{ua}"'
+
+
+def test_client_half_close_after_a_pipelined_pair_is_a_disconnect(
+    py_upstream: PyUpstream, inproc: Inproc, tmp_path: Path
+) -> None:
+    """shutdown(SHUT_WR) with two requests outstanding: nothing is answered, both end 0 DC."""
+    log = tmp_path / "access.log"
+    p = inproc(_config(py_upstream.socket_path, log))
+    req = b"GET /py/slow?ms=300&half=%d HTTP/1.1\r\nHost: a\r\n\r\n"
+    with RawConn(p.address(), 5) as conn:
+        conn.send(req % 1 + req % 2)
+        conn.sock.shutdown(socket.SHUT_WR)
+        assert conn.read_until_eof() == b""
+    p.stop()
+    for i in (1, 2):
+        line = AccessLog(log).wait_for_line(f"&half={i} ")
+        assert " 0 DC downstream_remote_disconnect " in line, line
