@@ -374,9 +374,11 @@ class DownstreamConnection(asyncio.Protocol):
         if s is self.active:
             s.on_request_error(reply)
             return
-        if s in self.queue:
+        if s in self.queue:  # its head was whole and valid: the body is what failed
             self.queue.remove(s)
-        s.reject(reply)
+            s.reject_body(reply)
+        else:
+            s.reject(reply)
         self.queue.append(s)
 
     def _on_upgrade_request(self, rest: bytes) -> None:

@@ -257,6 +257,12 @@ class Stream(StreamInfo):
     def reject(self, reply: http1.LocalReply) -> None:
         self.error = reply
 
+    def reject_body(self, reply: http1.LocalReply) -> None:
+        """Its body turned out malformed before it started (queued): answered in turn, and
+        logged with its request headers, as Envoy logs a DPE in the middle of a body."""
+        self._mutate_request_headers()
+        self.error = reply
+
     def on_request_body(self, data: bytes) -> None:
         n = len(data)
         self.bytes_received += n

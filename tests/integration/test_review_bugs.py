@@ -3,6 +3,7 @@
 - streamed request bodies count in ``upstream_cx_tx_bytes_total`` (bytes on the wire, framing
   included, as Envoy counts them);
 - a client that closes before its response is logged 0 DC ``downstream_remote_disconnect``;
+- a request rejected in the middle of its body (a bad chunk size) is logged once, 400 DPE;
 """
 
 from __future__ import annotations
@@ -174,3 +175,35 @@ def test_client_half_close_after_a_pipelined_pair_is_a_disconnect(
     for i in (1, 2):
         line = AccessLog(log).wait_for_line(f"&half={i} ")
         assert " 0 DC downstream_remote_disconnect " in line, line
+
+
+# --------------------------------------------------------------------------------------------
+# 3. rejected in the middle of the body: one log line, 400 DPE
+
+
+@pytest.mark.parametrize("when", ["streaming", "whole"])
+def test_bad_chunk_size_mid_body_is_logged_400_dpe(
+    when: str, py_upstream: PyUpstream, inproc: Inproc, tmp_path: Path
+) -> None:
+    """streaming: the request is already on its way upstream when its bad chunk comes; whole:
+    head and bad chunk arrive together."""
+    log = tmp_path / "access.log"
+    p = inproc(_config(py_upstream.socket_path, log))
+    ua = f"bad-chunk-{when}"
+    head = (
+        b"POST /py/sha256 HTTP/1.1\r\nHost: a\r\nUser-Agent: %s\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" % ua.encode()
+    )
+    with RawConn(p.address(), 5) as conn:
+        if when == "streaming":
+            conn.send(head + b"5\r\nhello\r\n")
+            time.sleep(0.3)
+            conn.send(b"zz\r\n")
+        else:
+            conn.send(head + b"5\r\nhello\r\nzz\r\n")
+        response = conn.read_response()
+        assert response.status == 400 and response.body == b"Bad Request"
+        assert conn.closed_by_peer()
+    p.stop()
+    lines = AccessLog(log).find(f'"{ua}"')
+    assert lines == [f'"POST /py/sha256 HTTP/1.1" 400 DPE http1.codec_error "{ua}"'], lines
