@@ -13,12 +13,14 @@ from email.utils import formatdate
 from udsproxy.flags import ResponseFlag
 
 __all__ = [
+    "AUTHORITY_TABLE",
     "BAD_REQUEST",
     "CONNECTION_TERMINATION",
     "CONNECT_FAILURE",
     "HEADERS_TOO_LARGE",
     "HOP_BY_HOP",
     "IDEMPOTENT_METHODS",
+    "INVALID_AUTHORITY",
     "MISSING_HOST",
     "NO_CLUSTER",
     "NO_HEALTHY_UPSTREAM",
@@ -104,6 +106,17 @@ SPECIAL_REQUEST_HEADERS = (
 
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
+# What a Host value may hold (Envoy's authorityIsValid, nghttp2_check_authority): RFC 3986's
+# unreserved and sub-delims, and ":", "@", "[", "]", "%" (port, userinfo, IP-literal,
+# pct-encoding).
+_AUTHORITY_CHARS = (
+    b"!$%&'()*+,-.0123456789:;=@ABCDEFGHIJKLMNOPQRSTUVWXYZ[]_abcdefghijklmnopqrstuvwxyz~"
+)
+# Those bytes map to themselves, every other byte to another one: a value is valid if
+# ``value.translate(AUTHORITY_TABLE) == value`` (one C pass; a deletion set instead would make
+# translate build its table on every call, 2.5 times the cost).
+AUTHORITY_TABLE = bytes(c if c in _AUTHORITY_CHARS else c ^ 1 for c in range(256))
+
 _date_cache: list[object] = [0, b""]
 
 
@@ -184,6 +197,7 @@ STREAM_IDLE_TIMEOUT = LocalReply(408, "stream timeout", ResponseFlag.SI, "stream
 UPGRADE_FAILED = LocalReply(403, "", 0, "upgrade_failed")
 BAD_REQUEST = _codec_error(400, "http1.codec_error")
 MISSING_HOST = _codec_error(400, "missing_host_header")
+INVALID_AUTHORITY = _codec_error(400, "http.invalid_authority")
 HEADERS_TOO_LARGE = _codec_error(431, "http1.headers_too_large")
 TOO_MANY_HEADERS = _codec_error(431, "http1.too_many_headers")
 UNDERSCORE_IN_HEADER = _codec_error(400, "http1.unexpected_underscore")

@@ -21,6 +21,7 @@ import httptools
 from udsproxy import http1
 from udsproxy.downstream import BLOCK_BODY_BUFFER, BLOCK_SPLICE, BLOCK_UPSTREAM_WRITE
 from udsproxy.flags import ResponseFlag
+from udsproxy.http1 import AUTHORITY_TABLE
 from udsproxy.splice import splice_fds
 from udsproxy.streaminfo import Peer, StreamInfo
 from udsproxy.tunnel import SplicedTunnel
@@ -184,6 +185,8 @@ class Stream(StreamInfo):
         if name == b"host":
             if self.host_seen:
                 return http1.BAD_REQUEST  # duplicate Host (RFC 9112 3.2)
+            if value.translate(AUTHORITY_TABLE) != value:
+                return http1.INVALID_AUTHORITY  # never forwarded (a space, "{", "/", ...)
             self.host_seen = True
             self.authority = value
         elif name == b"content-length":

@@ -4,6 +4,8 @@
   included, as Envoy counts them);
 - a client that closes before its response is logged 0 DC ``downstream_remote_disconnect``;
 - a request rejected in the middle of its body (a bad chunk size) is logged once, 400 DPE;
+- an invalid Host value (``a b``, ``a{}``...) is a 400 DPE ``http.invalid_authority``, never
+  forwarded.
 """
 
 from __future__ import annotations
@@ -207,3 +209,45 @@ def test_bad_chunk_size_mid_body_is_logged_400_dpe(
     p.stop()
     lines = AccessLog(log).find(f'"{ua}"')
     assert lines == [f'"POST /py/sha256 HTTP/1.1" 400 DPE http1.codec_error "{ua}"'], lines
+
+
+# --------------------------------------------------------------------------------------------
+# 4. an invalid Host: 400 DPE http.invalid_authority, never forwarded
+
+
+@pytest.mark.parametrize(
+    "host",
+    [b"a b", b"a{}", b"a\"b", b"a<b>", b"a\\b", b"a^b", b"a`b", b"a|b", b"a/b", b"a?b", b"a#b",
+     b"\xc3\xa9.example"],
+)  # fmt: skip
+def test_invalid_host_is_400_dpe(
+    host: bytes, py_upstream: PyUpstream, inproc: Inproc, tmp_path: Path
+) -> None:
+    log = tmp_path / "access.log"
+    p = inproc(_config(py_upstream.socket_path, log))
+    before = len(py_upstream.requests())
+    with RawConn(p.address(), 5) as conn:
+        conn.send(b"GET /py/headers HTTP/1.1\r\nUser-Agent: bad-host\r\nHost: %s\r\n\r\n" % host)
+        response = conn.read_response()
+        assert response.status == 400 and response.body == b"Bad Request"
+        assert conn.closed_by_peer()
+    p.stop()
+    assert len(py_upstream.requests()) == before  # never forwarded
+    # rejected in its head, like Envoy's codec errors: logged without the request's headers
+    assert AccessLog(log).lines() == ['"- - HTTP/1.1" 400 DPE http.invalid_authority "-"']
+
+
+@pytest.mark.parametrize(
+    "host",
+    [b"a", b"example.com:8080", b"[::1]:80", b"[fe80::1%25eth0]", b"127.0.0.1",
+     b"user@h", b"strangebutlegal$-%&'()*+,;=~_!"],
+)  # fmt: skip
+def test_valid_hosts_are_forwarded(
+    host: bytes, py_upstream: PyUpstream, inproc: Inproc, tmp_path: Path
+) -> None:
+    p = inproc(_config(py_upstream.socket_path, tmp_path / "access.log"))
+    with RawConn(p.address(), 5) as conn:
+        conn.send(b"GET /py/headers HTTP/1.1\r\nHost: %s\r\n\r\n" % host)
+        response = conn.read_response()
+    assert response.status == 200, response
+    assert f'["host", "{host.decode()}"]' in response.body.decode()
