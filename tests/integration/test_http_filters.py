@@ -292,7 +292,7 @@ def test_fault_delay_client_leaves(filtered: tuple[ProxyProcess, AccessLog]) -> 
         b"User-Agent: " + ua.encode() + b"\r\n\r\n"
     )
     time.sleep(0.2)
-    # reset, not a half-close (a half-closed HTTP/1.1 client still waits for its response)
+    # a reset (a FIN is a disconnect too, as in Envoy: see test_review_bugs)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
     line = log.wait_for_line(ua)
