@@ -84,15 +84,8 @@ class ListenerContext:
         self.request_timeout = hcm.request_timeout
         self.generate_request_id = hcm.generate_request_id
         # None unless a normalization is on: the data path tests one attribute
-        self.path_normalizer = (
-            PathNormalizer(
-                hcm.normalize_path, hcm.merge_slashes, hcm.path_with_escaped_slashes_action
-            )
-            if PathNormalizer.needed(
-                hcm.normalize_path, hcm.merge_slashes, hcm.path_with_escaped_slashes_action
-            )
-            else None
-        )
+        paths = (hcm.normalize_path, hcm.merge_slashes, hcm.path_with_escaped_slashes_action)
+        self.path_normalizer = PathNormalizer(*paths) if PathNormalizer.needed(*paths) else None
         # headers_with_underscores_action: a connection class whose header callback checks
         # names, so that the default (ALLOW) costs nothing per header
         self.connection_class = connection_class(hcm.headers_with_underscores_action)

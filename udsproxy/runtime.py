@@ -121,8 +121,6 @@ class Runtime:
                 merged.update(self._disk.get(layer.name, {}))
             elif layer.kind == "admin":
                 merged.update(self.admin)
-        if not any(layer.kind == "admin" for layer in self.layers):
-            merged.update(self.admin)  # Envoy refuses /runtime_modify then; see admin.py
         changed = merged != self.values
         self.values = merged
         return changed

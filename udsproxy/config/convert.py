@@ -51,7 +51,7 @@ from udsproxy.config.validate import entry, item, join
 from udsproxy.errors import ConfigError
 
 __all__ = [
-    "REFUSED", "Converted", "certificate_paths", "convert", "convert_resources",
+    "REFUSED", "Converted", "certificate_paths", "convert", "convert_resources", "hcm_path",
     "route_cluster_refs",
 ]  # fmt: skip
 
@@ -1163,7 +1163,7 @@ def convert_resources(
     )
 
 
-def _hcm_path(path: str) -> str:
+def hcm_path(path: str) -> str:
     """The http_connection_manager of a converted listener at ``path`` (its first chain's)."""
     return join(path, "filter_chains[0].filters[0].typed_config")
 
@@ -1171,7 +1171,7 @@ def _hcm_path(path: str) -> str:
 def route_cluster_refs(listener: Listener, path: str) -> Iterator[tuple[str, str]]:
     """(YAML path, cluster name) of every route of a converted listener found at ``path``: the
     same paths the conversion reports, since a converted listener dropped no route."""
-    vhosts_path = join(_hcm_path(path), "route_config.virtual_hosts")
+    vhosts_path = join(hcm_path(path), "route_config.virtual_hosts")
     for i, vhost in enumerate(listener.http_connection_manager.route_config.virtual_hosts):
         for j, route in enumerate(vhost.routes):
             if route.route is not None:  # a direct_response names no cluster

@@ -36,6 +36,7 @@ from udsproxy.config.convert import (
     REFUSED,
     certificate_paths,
     convert_resources,
+    hcm_path,
     route_cluster_refs,
 )
 from udsproxy.config.load import parse_file
@@ -277,7 +278,7 @@ def _inline(source: DataSource, path: str, limit: int, errors: list[tuple[str, s
 def _read_bodies(listener: Listener, path: str, errors: list[tuple[str, str]]) -> Listener:
     """The listener with its direct_response and local_reply_config bodies read."""
     hcm = listener.http_connection_manager
-    hcm_path = join(path, "filter_chains[0].filters[0].typed_config")
+    hcm_at = hcm_path(path)
     config = hcm.route_config
     limit = config.max_direct_response_body_size_bytes
     vhosts = []
@@ -286,7 +287,7 @@ def _read_bodies(listener: Listener, path: str, errors: list[tuple[str, str]]) -
         for j, route in enumerate(vhost.routes):
             direct = route.direct_response
             if direct is not None and direct.body is not None:
-                route_path = f"{hcm_path}.route_config.virtual_hosts[{i}].routes[{j}]"
+                route_path = f"{hcm_at}.route_config.virtual_hosts[{i}].routes[{j}]"
                 body = _inline(direct.body, f"{route_path}.direct_response.body", limit, errors)
                 direct = dataclasses.replace(direct, body=body)
                 route = dataclasses.replace(route, direct_response=direct)
@@ -297,7 +298,7 @@ def _read_bodies(listener: Listener, path: str, errors: list[tuple[str, str]]) -
         mappers = []
         for k, mapper in enumerate(replies.mappers):
             if mapper.body is not None:
-                mapper_path = f"{hcm_path}.local_reply_config.mappers[{k}].body"
+                mapper_path = f"{hcm_at}.local_reply_config.mappers[{k}].body"
                 body = _inline(mapper.body, mapper_path, datasource.MAX_BYTES, errors)
                 mapper = dataclasses.replace(mapper, body=body)
             mappers.append(mapper)
