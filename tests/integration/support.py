@@ -1152,3 +1152,32 @@ class CliProxy:
             self._reader.join(5)
             if self.proc.stderr is not None:
                 self.proc.stderr.close()
+
+
+class BackgroundClients:
+    """Client threads for load tests: each runs ``self.client(i)`` while ``running()``: until
+    the with-block ends, and never longer than ``bound`` seconds (a load stops by itself)."""
+
+    def __init__(self, clients: int, join_timeout: float, bound: float = 60.0) -> None:
+        self._stop = threading.Event()
+        self._deadline = time.monotonic() + bound
+        self._join_timeout = join_timeout
+        self._threads = [
+            threading.Thread(target=self.client, args=(i,), daemon=True) for i in range(clients)
+        ]
+
+    def client(self, i: int) -> None:
+        raise NotImplementedError
+
+    def running(self) -> bool:
+        return not self._stop.is_set() and time.monotonic() < self._deadline
+
+    def __enter__(self) -> BackgroundClients:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(self._join_timeout)

@@ -21,6 +21,7 @@ import yaml
 
 from tests.integration.conftest import REPORT
 from tests.integration.support import (
+    BackgroundClients,
     CliProxy,
     NginxInstance,
     PyUpstream,
@@ -48,7 +49,7 @@ def _get(
         conn.close()
 
 
-class Load:
+class Load(BackgroundClients):
     """A bounded background load: keep-alive and fresh connections, failures counted."""
 
     def __init__(self, port: int, path: str = "/index.html") -> None:
@@ -56,25 +57,15 @@ class Load:
         self.ok = 0
         self.failures: list[str] = []
         self.bodies: set[bytes] = set()
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(3)
-        ]
+        super().__init__(clients=3, join_timeout=10)
 
     def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
+        super().__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(10)
-
-    def _run(self, i: int) -> None:
-        deadline = time.monotonic() + 60  # bounded even if a test forgets to stop it
+    def client(self, i: int) -> None:
         conn: http.client.HTTPConnection | None = None
-        while not self._stop.is_set() and time.monotonic() < deadline:
+        while self.running():
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)

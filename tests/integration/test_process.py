@@ -29,6 +29,7 @@ from .support import (
     CI,
     FILE_LOG_TYPE,
     REPO,
+    BackgroundClients,
     CliProxy,
     NginxInstance,
     bootstrap,
@@ -102,33 +103,24 @@ def children(pid: int) -> list[int]:
         return []
 
 
-class Load:
+class Load(BackgroundClients):
     """Keep-alive clients sending GET /load/<client>/<n> until stopped; records the 200s."""
 
     def __init__(self, port: int, clients: int = 4) -> None:
         self.port = port
         self.ok: set[str] = set()
         self.failed: list[str] = []
-        self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._run, args=(c,), daemon=True) for c in range(clients)
-        ]
+        super().__init__(clients, join_timeout=30)
 
     def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
+        super().__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(30)
-
-    def _run(self, client: int) -> None:
+    def client(self, client: int) -> None:
         conn: http.client.HTTPConnection | None = None
         n = 0
-        while not self._stop.is_set():
+        while self.running():
             path = f"/load/{client}/{n}"
             n += 1
             try:
