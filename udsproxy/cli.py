@@ -96,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         # a container spec that passes them works with this image unchanged
         args_list = args_list[1:]
     if args_list[:1] == ["demo"]:
-        from udsproxy.demo import main as demo_main
+        from udsproxy.tools.demo import main as demo_main
 
         return demo_main(args_list[1:])
     if args_list[:1] == ["bench"]:
-        from udsproxy.bench import main as bench_main
+        from udsproxy.tools.bench import main as bench_main
 
         return bench_main(args_list[1:])
     args = _parser().parse_args(args_list)

@@ -18,7 +18,7 @@ from typing import cast
 
 import pytest
 
-from udsproxy import bench
+from udsproxy.tools import bench
 
 from .support import REPO, LoopThread, shm_dir
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from udsproxy import demo
+from udsproxy.tools import demo
 
 from .conftest import SockPaths
 from .support import (

@@ -498,7 +498,7 @@ async def _run(args: argparse.Namespace) -> int:
                 )
             builtin = BuiltinUpstream(socket_path, site_dir)
             await builtin.start()
-            upstream_desc = "the built-in upstream (udsproxy.demo.BuiltinUpstream)"
+            upstream_desc = "the built-in upstream (udsproxy.tools.demo.BuiltinUpstream)"
 
         if args.config:
             from udsproxy.sample_conf import resolve_sample
