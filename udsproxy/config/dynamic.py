@@ -39,7 +39,7 @@ from udsproxy.config.convert import (
     hcm_path,
     route_cluster_refs,
 )
-from udsproxy.config.load import parse_file
+from udsproxy.config.parse import parse_file
 from udsproxy.config.schema import (
     Bootstrap,
     Cluster,

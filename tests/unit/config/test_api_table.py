@@ -1,4 +1,4 @@
-"""The cached table of Envoy's API (config/api_table) and the libyaml fast path of load.
+"""The cached table of Envoy's API (config/api_table) and the libyaml fast path of config.parse.
 
 The table must hold exactly the rows the generated classes give, must never be read when it was
 made for anything else, and its absence (no writable cache directory) must only make things
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from udsproxy.config import api_table, load, validate
+from udsproxy.config import api_table, parse, validate
 from udsproxy.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -129,16 +129,16 @@ def test_libyaml_reads_every_config_as_pyyaml_does() -> None:
     fast = 0
     for path in _yaml_files():
         text = path.read_text(encoding="utf-8")
-        got = load._parse_fast(text)
-        if got is load._UNSURE:
+        got = parse._parse_fast(text)
+        if got is parse._UNSURE:
             continue
         fast += 1
-        loader = load._Loader(text)
+        loader = parse._Loader(text)
         try:
             assert got == loader.get_single_data(), path
         finally:
             loader.dispose()
-    if load._FastLoader is not None:
+    if parse._FastLoader is not None:
         assert fast > 30
 
 
@@ -152,11 +152,11 @@ def test_libyaml_reads_every_config_as_pyyaml_does() -> None:
     ],
 )
 def test_errors_and_tabs_go_to_pyyaml(text: str, error: str | None) -> None:
-    assert load._parse_fast(text) is load._UNSURE or error is None
+    assert parse._parse_fast(text) is parse._UNSURE or error is None
     if error is None:
-        data = load.parse_yaml(text)
+        data = parse.parse_yaml(text)
         assert all(isinstance(v, int | str) for v in data.values())
         return
     with pytest.raises(ConfigError) as info:
-        load.parse_yaml(text)
+        parse.parse_yaml(text)
     assert error in info.value.render()
