@@ -1,1 +1,1 @@
-"""udsproxy's benchmark harness: ``python -m benchmarks`` (see harness.py and the README)."""
+"""udsproxy's benchmark harness: ``python -m benchmarks`` (see harness.py and README.md here)."""

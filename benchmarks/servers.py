@@ -72,7 +72,7 @@ def unlink_quietly(path: str | Path) -> None:
         os.unlink(path)
 
 
-# nginx as a proxy: the buffers for the workloads (see README, "Performance"), or nginx's own.
+# nginx as a proxy: the buffers for the workloads (benchmarks/README.md, "Tuning"), or its own.
 NGINX_BUFFERS = {
     "tuned": """\
 # Responses: the stock proxy_buffers (8 x 4k) hold 32 KiB, so a 100 KiB or 1 MiB body
