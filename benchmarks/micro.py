@@ -36,10 +36,11 @@ import uvloop
 
 from udsproxy.accesslog.sink import SinkRegistry, build_access_loggers
 from udsproxy.config import schema
-from udsproxy.context import ListenerContext
-from udsproxy.downstream import DownstreamConnection
+from udsproxy.http.conn_manager import ListenerContext
+from udsproxy.http.downstream import DownstreamConnection
 from udsproxy.stats.store import StatsStore
-from udsproxy.upstream import Cluster, UpstreamConnection
+from udsproxy.upstream.cluster import Cluster
+from udsproxy.upstream.connection import UpstreamConnection
 
 __all__ = ["main"]
 
@@ -165,7 +166,8 @@ class Rig:
         self.up = UpstreamConnection(self.host)
         self.up_t = _Transport()
         self.up.connection_made(self.up_t)  # type: ignore[arg-type]
-        self.host.release(self.up)
+        self.host.pool.busy.add(self.up)
+        self.host.pool.release(self.up)
         self.down = DownstreamConnection(self.ctx)
         self.down_t = _Transport()
         self.down.connection_made(self.down_t)  # type: ignore[arg-type]

@@ -33,7 +33,7 @@ from udsproxy.streaminfo import Peer, StreamInfo
 
 if TYPE_CHECKING:
     from udsproxy.server import Server
-    from udsproxy.upstream import Host
+    from udsproxy.upstream.cluster import Host
 
 __all__ = ["AdminServer"]
 

@@ -31,15 +31,15 @@ from udsproxy.accesslog.sink import SinkRegistry, build_access_loggers
 from udsproxy.config import schema
 from udsproxy.config.isolated import load_isolated
 from udsproxy.config.load import ConfigSource
-from udsproxy.context import ListenerContext
 from udsproxy.dns import DNS_WARM_TIMEOUT
-from udsproxy.downstream import DownstreamConnection
 from udsproxy.errors import ConfigError
+from udsproxy.http.conn_manager import ListenerContext
+from udsproxy.http.downstream import DownstreamConnection
 from udsproxy.runtime import Runtime
 from udsproxy.stats.peers import RestartCounter
 from udsproxy.stats.store import Raw, StatsStore
 from udsproxy.tls import TlsContexts
-from udsproxy.upstream import Cluster
+from udsproxy.upstream.cluster import Cluster
 
 __all__ = ["DEFAULT_SPLICE_MIN_BYTES", "Server"]
 
@@ -77,7 +77,7 @@ class _ListenerSlot:
             self.server.close()
 
     def new_connection(self) -> DownstreamConnection:
-        return self.ctx.connection_class(self.ctx)
+        return DownstreamConnection(self.ctx)
 
     def contexts(self) -> list[ListenerContext]:
         return [self.ctx, *self.old]
@@ -406,7 +406,7 @@ class Server:
         for name, cluster in self.clusters.items():
             prefix = f"cluster.{name}."
             # no upstream pipelining: a connection that is open and not idle carries a request
-            idle = sum(len(h.idle) for h in cluster.hosts)
+            idle = sum(len(h.pool.idle) for h in cluster.hosts)
             gauges[prefix + "upstream_rq_active"] = max(
                 gauges.get(prefix + "upstream_cx_active", 0) - idle, 0
             )

@@ -7,7 +7,26 @@ Times: ``start_time`` is wall-clock (for %START_TIME%), everything else is ``tim
 
 from __future__ import annotations
 
-__all__ = ["Peer", "StreamInfo"]
+from typing import Any, Protocol
+
+from udsproxy.codec.request import RequestHead
+
+__all__ = ["HostDescription", "Peer", "StreamInfo"]
+
+
+class HostDescription(Protocol):
+    """The upstream host a request went to, as the stats read it (Envoy's HostDescription)."""
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def ledger_key(self) -> tuple[Any, str]: ...
+
+    @property
+    def cluster(self) -> Any: ...
+
+    rq_timeout: int
 
 
 class Peer:
@@ -32,10 +51,11 @@ class Peer:
         return f"Peer({self.text!r})"
 
 
-class StreamInfo:
+class StreamInfo(RequestHead):
+    """The request as parsed (``RequestHead``), and what became of it."""
+
     __slots__ = (
         "attempt_count",
-        "authority",
         "bytes_received",
         "bytes_sent",
         "connection_id",
@@ -44,17 +64,16 @@ class StreamInfo:
         "downstream_remote",
         "end_mono",
         "first_upstream_rx_mono",
+        "host",
         "last_downstream_rx_mono",
         "last_upstream_tx_mono",
         "local_reply_body",  # set by local replies only: read with getattr (%LOCAL_REPLY_BODY%)
-        "method",
-        "path",
-        "protocol",
         "request_headers",
         "response_code",
         "response_code_details",
         "response_flags",
         "response_headers",
+        "retried",
         "route_name",
         "start_mono",
         "start_time",
@@ -68,17 +87,14 @@ class StreamInfo:
     local_reply_body: bytes  # not set in __init__: it costs nothing unless there is one
 
     def __init__(self, start_time: float, start_mono: float) -> None:
+        RequestHead.__init__(self)
         self.start_time = start_time
         self.start_mono = start_mono
         self.end_mono: float | None = None  # last byte sent downstream
         self.last_downstream_rx_mono: float | None = None  # %REQUEST_DURATION%
         self.last_upstream_tx_mono: float | None = None  # %REQUEST_TX_DURATION%
         self.first_upstream_rx_mono: float | None = None  # %RESPONSE_DURATION%
-        # request
-        self.method: bytes = b""
-        self.path: bytes = b""  # as forwarded (after prefix_rewrite), like Envoy's :path
-        self.authority: bytes = b""
-        self.protocol: str = "HTTP/1.1"
+        # request (method, path, authority, protocol: RequestHead)
         self.request_headers: list[tuple[bytes, bytes]] = []
         # response
         self.response_code = 0  # 0: no response was started
@@ -94,6 +110,8 @@ class StreamInfo:
         self.upstream_protocol: str | None = None
         self.upstream_transport_failure_reason: str | None = None
         self.attempt_count = 0
+        self.host: HostDescription | None = None  # the host picked for it
+        self.retried = False
         # downstream connection
         self.connection_id = 0
         self.downstream_remote: Peer | None = None  # after XFF trust rules

@@ -24,7 +24,7 @@ import ssl
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from udsproxy import http1
+from udsproxy.codec import http1
 from udsproxy.config import datasource, schema
 from udsproxy.headermatch import StringMatch
 from udsproxy.stats.store import SslStats

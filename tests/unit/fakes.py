@@ -7,10 +7,18 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from udsproxy.config import schema
-from udsproxy.context import ListenerContext
-from udsproxy.downstream import DownstreamConnection
+from udsproxy.http.conn_manager import ListenerContext
+from udsproxy.http.downstream import DownstreamConnection
 from udsproxy.streaminfo import StreamInfo
-from udsproxy.upstream import Cluster
+from udsproxy.upstream.cluster import Cluster
+from udsproxy.upstream.pool import ConnPool
+
+
+def complete_connect(pool: ConnPool, conn: object) -> None:
+    """The connect ``pool`` started (the fake loop collects it, never runs it) gave ``conn``."""
+    pool.connecting -= 1
+    pool.busy.add(conn)
+    pool.release(conn)
 
 
 class FakeTransport:
@@ -111,6 +119,17 @@ class FakeLoop:
     def create_task(self, coro: Coroutine[Any, Any, Any]) -> FakeTask:
         self.tasks.append(coro)
         return FakeTask()
+
+    def run_tasks(self) -> None:
+        """Step each collected coroutine once (a connect that fails at once ends there)."""
+        tasks, self.tasks = self.tasks, []
+        for c in tasks:
+            try:
+                c.send(None)
+            except StopIteration:
+                pass
+            else:
+                self.tasks.append(c)
 
     def advance(self, seconds: float) -> None:
         self.now += seconds

@@ -6,7 +6,7 @@ import string
 
 import pytest
 
-from udsproxy.http1 import AUTHORITY_TABLE
+from udsproxy.codec.http1 import AUTHORITY_TABLE
 
 UNRESERVED = string.ascii_letters + string.digits + "-._~"
 SUB_DELIMS = "!$&'()*+,;="

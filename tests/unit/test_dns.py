@@ -13,7 +13,7 @@ from udsproxy.config.schema import Cluster as ClusterConfig
 from udsproxy.config.schema import Endpoint, SocketAddress
 from udsproxy.dns import Backoff, Resolver, select
 from udsproxy.stats.store import ClusterStats
-from udsproxy.upstream import Cluster
+from udsproxy.upstream.cluster import Cluster
 
 ANSWER = ["10.0.0.1", "2001:db8::1", "10.0.0.2", "10.0.0.1", "fe80::1%eth0"]
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from udsproxy import http1
+from udsproxy.codec import http1
 from udsproxy.config import schema
 from udsproxy.flags import ResponseFlag
 from udsproxy.headermatch import HeaderMatch
 from udsproxy.headers import check_name, check_option, compile_mutations
 from udsproxy.localreply import LocalReplyRewriter
-from udsproxy.router import Router
+from udsproxy.router.routes import RouteTable
 from udsproxy.streaminfo import Peer, StreamInfo
 
 
@@ -236,7 +236,7 @@ def test_router_compiles_shaping_only_where_configured():
             ),
         ),
     )
-    bare = Router(schema.RouteConfiguration(virtual_hosts=(vhost,)))
+    bare = RouteTable(schema.RouteConfiguration(virtual_hosts=(vhost,)))
     plain = bare.match(b"x", b"/plain")
     assert plain is not None
     assert plain.request_shaping is None and plain.response_mutations is None
@@ -254,7 +254,7 @@ def test_router_compiles_shaping_only_where_configured():
     assert host is not None and host.request_shaping is not None
     assert host.request_shaping.host_literal == b"up.example"
     # a route configuration level applies to every route
-    shaped = Router(
+    shaped = RouteTable(
         schema.RouteConfiguration(
             virtual_hosts=(vhost,), response_headers_to_add=(opt("x-rc", "1"),)
         )

@@ -93,7 +93,7 @@ def request(
         resp_coder=None,
         is_head=False,
         upgrade=None,
-        upstream=SimpleNamespace(resp_chunked=False),
+        upstream_chunked=False,
         filter_state=None,
     )
 

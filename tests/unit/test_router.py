@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from udsproxy.config import schema
-from udsproxy.router import Router
+from udsproxy.router.routes import RouteTable
 
 
 def route(
@@ -27,17 +27,19 @@ def route(
     )
 
 
-def router(*vhosts: tuple[str, tuple[str, ...], tuple[schema.Route, ...]], **kw: object) -> Router:
+def router(
+    *vhosts: tuple[str, tuple[str, ...], tuple[schema.Route, ...]], **kw: object
+) -> RouteTable:
     config = schema.RouteConfiguration(
         virtual_hosts=tuple(
             schema.VirtualHost(name=name, domains=domains, routes=routes)
             for name, domains, routes in vhosts
         )
     )
-    return Router(config, **kw)  # type: ignore[arg-type]
+    return RouteTable(config, **kw)  # type: ignore[arg-type]
 
 
-def cluster_for(r: Router, authority: bytes, path: bytes = b"/") -> str | None:
+def cluster_for(r: RouteTable, authority: bytes, path: bytes = b"/") -> str | None:
     matched = r.match(authority, path)
     return None if matched is None else matched.cluster
 

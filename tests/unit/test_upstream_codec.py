@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.unit.fakes import FakeTransport, Harness
+from tests.unit.fakes import FakeTransport, Harness, complete_connect
 from udsproxy.flags import ResponseFlag
-from udsproxy.upstream import UpstreamConnection
+from udsproxy.upstream.connection import UpstreamConnection
 
 MODES = ["whole", "bytes"]
 
@@ -24,7 +24,8 @@ class Pair:
         self.up = UpstreamConnection(stream.host)
         self.up_transport = FakeTransport()
         self.up.connection_made(self.up_transport)  # type: ignore[arg-type]
-        stream._send(self.up)
+        complete_connect(stream.host.pool, self.up)
+        assert stream.upstream is not None and stream.upstream.conn is self.up
         self.stream = stream
 
     def respond(self, data: bytes, mode: str) -> bytes:
@@ -70,7 +71,7 @@ def test_content_length_response_is_relayed_and_connection_pooled(pair, mode):
     assert out.endswith(b"content-length: 5\r\n\r\nhello")
     assert p.info.response_code == 200 and p.info.bytes_sent == 5
     assert p.info.response_code_details == "via_upstream"
-    assert list(p.host.idle) == [p.up]
+    assert list(p.host.pool.idle) == [p.up]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -87,7 +88,7 @@ def test_chunked_response_is_rechunked(pair, mode):
     decoded = b"".join(body.split(b"\r\n")[i] for i in range(1, len(body.split(b"\r\n")) - 2, 2))
     assert decoded == b"abcde"
     assert p.info.bytes_sent == 5
-    assert list(p.host.idle) == [p.up]
+    assert list(p.host.pool.idle) == [p.up]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -96,7 +97,7 @@ def test_head_response_has_no_body(pair, mode):
     out = p.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 612\r\n\r\n", mode)
     assert out.endswith(b"content-length: 612\r\n\r\n")
     assert p.info.response_code == 200 and p.info.bytes_sent == 0
-    assert list(p.host.idle) == [p.up]  # and the connection is reusable
+    assert list(p.host.pool.idle) == [p.up]  # and the connection is reusable
 
 
 @pytest.mark.parametrize("status", [204, 304])
@@ -152,13 +153,13 @@ def test_malformed_upstream_response_is_502_upe(pair, case, mode):
         assert out.endswith(b"reset reason: protocol error")
         assert b"nginx" not in out and b"\x00" not in out
     assert p.info.response_flags & ResponseFlag.UPE
-    assert p.up.closed and not p.host.idle
+    assert p.up.closed and not p.host.pool.idle
 
 
 def test_stray_bytes_after_head_response_are_a_protocol_error(pair):
     p = pair(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n")
     p.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", "whole")
-    assert p.up.closed and not p.host.idle
+    assert p.up.closed and not p.host.pool.idle
 
 
 def test_bytes_after_content_length_body_make_connection_unreusable(pair):
@@ -166,7 +167,7 @@ def test_bytes_after_content_length_body_make_connection_unreusable(pair):
     out = p.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", "whole")
     out += p.respond(b"okEXTRA", "whole")
     assert out.endswith(b"\r\n\r\nok")
-    assert p.up.closed and not p.host.idle
+    assert p.up.closed and not p.host.pool.idle
 
 
 def test_reused_connection_closed_before_response_is_retried_on_a_fresh_one(pair):
@@ -175,7 +176,8 @@ def test_reused_connection_closed_before_response_is_retried_on_a_fresh_one(pair
     # second request on the same (now pooled) connection
     p.h.feed(b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
     s2 = p.h.conn.active
-    assert s2 is not None and s2.upstream is p.up and s2.reused
+    assert s2 is not None and s2.upstream is not None
+    assert s2.upstream.conn is p.up and s2.upstream.reused
     tasks_before = len(p.h.loop.tasks)
     p.up.connection_lost(None)  # nginx closed its idle keep-alive just as we reused it
     assert len(p.h.loop.tasks) == tasks_before + 1  # a fresh connect was started
@@ -229,7 +231,7 @@ def test_second_response_in_the_same_read_is_never_relayed(pair):
     assert out.endswith(b"\r\n\r\nok")
     assert b"evil" not in out
     assert p.info.response_code == 200 and p.info.response_flags == 0
-    assert p.up.closed and not p.host.idle
+    assert p.up.closed and not p.host.pool.idle
 
 
 def test_interim_response_headers_do_not_leak_into_the_final_one(pair):
@@ -261,9 +263,9 @@ def test_upload_backpressure_is_released_when_the_stream_ends(pair):
 def test_idle_connection_that_saw_eof_is_not_handed_out(pair):
     p = pair()
     p.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", "whole")
-    assert list(p.host.idle) == [p.up]
+    assert list(p.host.pool.idle) == [p.up]
     p.up.eof_received()
-    assert p.host.acquire() is None
+    assert p.up.closed and not p.host.pool.idle
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -276,7 +278,7 @@ def test_headers_named_in_the_upstreams_connection_header_are_not_relayed(pair, 
     )
     assert b"x-hop" not in out.lower() and b"x-end: 1\r\n" in out
     assert out.endswith(b"\r\n\r\nok")
-    assert list(p.host.idle) == [p.up]  # keep-alive was still honoured
+    assert list(p.host.pool.idle) == [p.up]  # keep-alive was still honoured
 
 
 def test_transfer_encoding_not_ending_in_chunked_is_close_delimited(pair):

@@ -15,7 +15,7 @@ from udsproxy.filters.base import DEFAULT_RUNTIME, FilterChain, HttpFilter, Runt
 
 if TYPE_CHECKING:
     from udsproxy.config import schema
-    from udsproxy.router import Router
+    from udsproxy.router.routes import RouteTable
     from udsproxy.stats.store import StatsStore
 
 __all__ = ["build_chain"]
@@ -23,7 +23,7 @@ __all__ = ["build_chain"]
 
 def build_chain(
     filters: Sequence[schema.HttpFilter],
-    router: Router,
+    router: RouteTable,
     store: StatsStore,
     stat_prefix: str,
     runtime: Runtime = DEFAULT_RUNTIME,

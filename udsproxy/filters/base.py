@@ -19,20 +19,21 @@ import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from udsproxy import http1
+from udsproxy.codec import http1
 from udsproxy.headermatch import header_value
+from udsproxy.streaminfo import StreamInfo
 
 if TYPE_CHECKING:
     import asyncio
 
     from udsproxy.config.filter_schema import Fraction
-    from udsproxy.router import CompiledRoute
-    from udsproxy.stream import Stream
+    from udsproxy.router.routes import CompiledRoute
 
 __all__ = [
     "DEFAULT_RUNTIME",
     "BodyCoder",
     "Encoder",
+    "FilterCallbacks",
     "FilterChain",
     "FilterState",
     "Hold",
@@ -49,6 +50,57 @@ Headers = list[tuple[bytes, bytes]]
 
 _rng = random.Random(os.urandom(16))
 randrange = _rng.randrange
+
+
+class _Listener(Protocol):
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def buffer_limit(self) -> int: ...
+
+
+class _Connection(Protocol):
+    body_buffered: int
+
+
+class FilterCallbacks(StreamInfo):
+    """What the filters see of a stream (Envoy's filter callbacks): the request and its
+    record, its body coders and held body, and the two ways to act (answer it, or let it go
+    on). The data path's stream implements it."""
+
+    # slots the filters set; the stream's __init__ fills them
+    __slots__ = (
+        "body",
+        "body_size",
+        "conn",
+        "ctx",
+        "done",
+        "filter_state",
+        "req_coder",
+        "resp_coder",
+    )
+
+    ctx: _Listener
+    conn: _Connection
+    done: bool
+    filter_state: FilterState | None
+    req_coder: BodyCoder | None
+    resp_coder: BodyCoder | None
+    body: list[bytes]
+    body_size: int
+
+    @property
+    def upstream_chunked(self) -> bool:
+        raise NotImplementedError
+
+    def send_local_reply(
+        self, reply: http1.LocalReply, headers: Sequence[tuple[bytes, bytes]] = ()
+    ) -> None:
+        raise NotImplementedError
+
+    def resume(self, route: CompiledRoute | None) -> None:
+        raise NotImplementedError
 
 
 class Runtime(Protocol):
@@ -118,7 +170,7 @@ class Encoder(Protocol):
     # left out: local reply bodies stay as they are)
     on_local_reply: bool
 
-    def encode_headers(self, s: Stream, code: int, headers: Headers, length: int) -> int:
+    def encode_headers(self, s: FilterCallbacks, code: int, headers: Headers, length: int) -> int:
         """Edit ``headers`` in place; return the content length to announce (-1: none)."""
         ...
 
@@ -149,11 +201,11 @@ class HttpFilter:
         """Compile a route's per-filter configs (most specific first) at config time."""
         return None
 
-    def decode_headers(self, s: Stream, route: CompiledRoute | None) -> Outcome:
+    def decode_headers(self, s: FilterCallbacks, route: CompiledRoute | None) -> Outcome:
         """Look at the request; a filter that keeps per-request state takes ``state_of(s)``."""
         return None
 
-    def resume(self, s: Stream, state: FilterState) -> Outcome:
+    def resume(self, s: FilterCallbacks, state: FilterState) -> Outcome:
         """After a ``Hold``."""
         return None
 
@@ -175,14 +227,14 @@ class FilterState:
         self.releases: list[HttpFilter] | None = None
         self.pending: Any = None  # what a holding filter decided, for its resume()
 
-    def encode_headers(self, s: Stream, code: int, headers: Headers, length: int) -> int:
+    def encode_headers(self, s: FilterCallbacks, code: int, headers: Headers, length: int) -> int:
         # Envoy runs encoders in the reverse order of the decoders.
         for encoder in reversed(self.encoders):
             length = encoder.encode_headers(s, code, headers, length)
         return length
 
     def local_reply_headers(
-        self, s: Stream, code: int, extra: Sequence[tuple[bytes, bytes]]
+        self, s: FilterCallbacks, code: int, extra: Sequence[tuple[bytes, bytes]]
     ) -> Sequence[tuple[bytes, bytes]]:
         """``extra`` and what encoders add to a local reply (e.g. CORS on an RBAC 403)."""
         headers: Headers | None = None
@@ -203,7 +255,7 @@ class FilterState:
             self.releases = None
 
 
-def state_of(s: Stream) -> FilterState:
+def state_of(s: FilterCallbacks) -> FilterState:
     """The request's FilterState, made on first use."""
     state = s.filter_state
     if state is None:
@@ -233,7 +285,9 @@ class FilterChain:
                     compiled[f.name] = f.compile_route(configs)
             route.filter_configs = compiled
 
-    def decode_headers(self, s: Stream, route: CompiledRoute | None, start: int = 0) -> bool:
+    def decode_headers(
+        self, s: FilterCallbacks, route: CompiledRoute | None, start: int = 0
+    ) -> bool:
         """Run the decoders (from ``start``); True when a filter answered or holds the
         request."""
         filters = self.filters
@@ -243,7 +297,9 @@ class FilterChain:
                 return self._act(s, route, i, out)
         return False
 
-    def _act(self, s: Stream, route: CompiledRoute | None, i: int, out: LocalAnswer | Hold) -> bool:
+    def _act(
+        self, s: FilterCallbacks, route: CompiledRoute | None, i: int, out: LocalAnswer | Hold
+    ) -> bool:
         if isinstance(out, LocalAnswer):
             s.send_local_reply(out.reply, out.headers)
         else:
@@ -253,7 +309,7 @@ class FilterChain:
             state.timer = s.ctx.loop.call_later(out.seconds, self._wake, s, state)
         return True
 
-    def _wake(self, s: Stream, state: FilterState) -> None:
+    def _wake(self, s: FilterCallbacks, state: FilterState) -> None:
         state.timer = None
         if s.done:
             return

@@ -18,9 +18,9 @@ from udsproxy.filters.base import Headers, HttpFilter, Outcome, Runtime, header_
 from udsproxy.filters.codecs import BrotliCompressor, GzipCompressor
 
 if TYPE_CHECKING:
-    from udsproxy.router import CompiledRoute
+    from udsproxy.filters.base import FilterCallbacks
+    from udsproxy.router.routes import CompiledRoute
     from udsproxy.stats.store import FilterStats
-    from udsproxy.stream import Stream
 
 __all__ = ["CompressorFilter", "choose_encoding"]
 
@@ -85,7 +85,7 @@ class _Response:
         self.filter = f
         self.accept = accept
 
-    def encode_headers(self, s: Stream, code: int, headers: Headers, length: int) -> int:
+    def encode_headers(self, s: FilterCallbacks, code: int, headers: Headers, length: int) -> int:
         f = self.filter
         config = f.config
         stats = f.counters
@@ -101,7 +101,7 @@ class _Response:
             if length < config.min_content_length:
                 stats["content_length_too_small"] += 1
                 return length
-        elif s.upstream is None or not s.upstream.resp_chunked:
+        elif not s.upstream_chunked:
             return length  # neither content-length nor chunked: Envoy leaves it
         content_type = b""
         etag_at = -1
@@ -185,7 +185,7 @@ class CompressorFilter(HttpFilter):
     def compile_route(self, configs: tuple[Any, ...]) -> bool:
         return bool(configs[0])  # CompressorPerRoute.disabled of the most specific level
 
-    def decode_headers(self, s: Stream, route: CompiledRoute | None) -> Outcome:
+    def decode_headers(self, s: FilterCallbacks, route: CompiledRoute | None) -> Outcome:
         if route is not None and route.filter_configs.get(self.name):
             return None  # disabled on this route
         accept = header_value(s, b"accept-encoding")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from udsproxy import http1
+from udsproxy.codec import http1
 from udsproxy.config.filter_schema import CORS_LEGACY_KEY, CorsPolicy, Fraction
 from udsproxy.filters.base import (
     Headers,
@@ -28,9 +28,9 @@ from udsproxy.filters.base import (
 from udsproxy.headermatch import StringMatch
 
 if TYPE_CHECKING:
-    from udsproxy.router import CompiledRoute
+    from udsproxy.filters.base import FilterCallbacks
+    from udsproxy.router.routes import CompiledRoute
     from udsproxy.stats.store import FilterStats
-    from udsproxy.stream import Stream
 
 __all__ = ["CorsFilter"]
 
@@ -107,7 +107,7 @@ class _CorsResponse:
         self.policies = policies
         self.origin = origin
 
-    def encode_headers(self, s: Stream, code: int, headers: Headers, length: int) -> int:
+    def encode_headers(self, s: FilterCallbacks, code: int, headers: Headers, length: int) -> int:
         headers.append((b"access-control-allow-origin", self.origin))
         if self.policies.allow_credentials:
             headers.append((b"access-control-allow-credentials", b"true"))
@@ -129,7 +129,7 @@ class CorsFilter(HttpFilter):
     def compile_route(self, configs: tuple[Any, ...]) -> _Policies:
         return _Policies(tuple(_Policy(c) for c in configs))
 
-    def decode_headers(self, s: Stream, route: CompiledRoute | None) -> Outcome:
+    def decode_headers(self, s: FilterCallbacks, route: CompiledRoute | None) -> Outcome:
         if route is None:
             return None
         policies: _Policies | None = route.filter_configs.get(self.name)

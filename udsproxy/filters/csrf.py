@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from udsproxy import http1
+from udsproxy.codec import http1
 from udsproxy.config.filter_schema import CsrfPolicy
 from udsproxy.filters.base import HttpFilter, LocalAnswer, Outcome, Runtime, header_value, sample
 from udsproxy.headermatch import StringMatch
 
 if TYPE_CHECKING:
-    from udsproxy.router import CompiledRoute
+    from udsproxy.filters.base import FilterCallbacks
+    from udsproxy.router.routes import CompiledRoute
     from udsproxy.stats.store import FilterStats
-    from udsproxy.stream import Stream
 
 __all__ = ["CsrfFilter", "host_and_port"]
 
@@ -53,7 +53,7 @@ class CsrfFilter(HttpFilter):
     def compile_route(self, configs: tuple[Any, ...]) -> _Policy:
         return _Policy(configs[0])
 
-    def decode_headers(self, s: Stream, route: CompiledRoute | None) -> Outcome:
+    def decode_headers(self, s: FilterCallbacks, route: CompiledRoute | None) -> Outcome:
         policy: _Policy = self.policy
         if route is not None:
             policy = route.filter_configs.get(self.name, policy)

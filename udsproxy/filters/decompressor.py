@@ -16,9 +16,9 @@ from udsproxy.filters.base import Headers, HttpFilter, Outcome, Runtime, state_o
 from udsproxy.filters.codecs import GzipDecompressor
 
 if TYPE_CHECKING:
-    from udsproxy.router import CompiledRoute
+    from udsproxy.filters.base import FilterCallbacks
+    from udsproxy.router.routes import CompiledRoute
     from udsproxy.stats.store import FilterStats
-    from udsproxy.stream import Stream
 
 __all__ = ["DecompressorFilter"]
 
@@ -55,7 +55,7 @@ class _Response:
     def __init__(self, f: DecompressorFilter) -> None:
         self.filter = f
 
-    def encode_headers(self, s: Stream, code: int, headers: Headers, length: int) -> int:
+    def encode_headers(self, s: FilterCallbacks, code: int, headers: Headers, length: int) -> int:
         f = self.filter
         if s.is_head or code in (204, 304) or s.resp_coder is not None:
             return length
@@ -91,7 +91,7 @@ class DecompressorFilter(HttpFilter):
             return bool(self.runtime.integer(direction.runtime_key, int(direction.enabled)))
         return direction.enabled
 
-    def decode_headers(self, s: Stream, route: CompiledRoute | None) -> Outcome:
+    def decode_headers(self, s: FilterCallbacks, route: CompiledRoute | None) -> Outcome:
         config = self.config
         if self._enabled(config.response):
             state_of(s).encoders.append(self.encoder)
@@ -101,7 +101,7 @@ class DecompressorFilter(HttpFilter):
             self._request(s)
         return None
 
-    def _request(self, s: Stream) -> None:
+    def _request(self, s: FilterCallbacks) -> None:
         headers = s.headers
         at = _gzip_at(headers)
         stats = self.request_stats
@@ -125,7 +125,7 @@ class DecompressorFilter(HttpFilter):
         s.req_coder = coder
 
 
-def _advertise(s: Stream) -> None:
+def _advertise(s: FilterCallbacks) -> None:
     headers = s.headers
     for i, (name, value) in enumerate(headers):
         if name == b"accept-encoding":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from udsproxy import http1
+from udsproxy.codec import http1
 from udsproxy.config.filter_schema import FaultConfig, Fraction
 from udsproxy.filters.base import (
     FilterState,
@@ -29,9 +29,9 @@ from udsproxy.flags import ResponseFlag
 from udsproxy.headermatch import HeaderMatch
 
 if TYPE_CHECKING:
-    from udsproxy.router import CompiledRoute
+    from udsproxy.filters.base import FilterCallbacks
+    from udsproxy.router.routes import CompiledRoute
     from udsproxy.stats.store import FilterStats
-    from udsproxy.stream import Stream
 
 __all__ = ["FaultFilter"]
 
@@ -70,7 +70,7 @@ def abort_reply(status: int) -> http1.LocalReply:
     return reply
 
 
-def _header_int(s: Stream, name: bytes) -> int | None:
+def _header_int(s: FilterCallbacks, name: bytes) -> int | None:
     value = header_value(s, name)
     if value is None:
         return None
@@ -80,7 +80,7 @@ def _header_int(s: Stream, name: bytes) -> int | None:
         return None
 
 
-def _capped(s: Stream, fraction: Fraction, header: bytes) -> Fraction:
+def _capped(s: FilterCallbacks, fraction: Fraction, header: bytes) -> Fraction:
     """A header-controlled percentage: the header's numerator, capped by the config's."""
     n = _header_int(s, header)
     if n is None or n < 0:
@@ -100,7 +100,7 @@ class FaultFilter(HttpFilter):
     def compile_route(self, configs: tuple[Any, ...]) -> _Fault:
         return _Fault(configs[0])  # the most specific HTTPFault replaces the filter's
 
-    def decode_headers(self, s: Stream, route: CompiledRoute | None) -> Outcome:
+    def decode_headers(self, s: FilterCallbacks, route: CompiledRoute | None) -> Outcome:
         fault: _Fault = self.fault
         if route is not None:
             fault = route.filter_configs.get(self.name, fault)
@@ -131,7 +131,7 @@ class FaultFilter(HttpFilter):
             return Hold(delay_ms / 1000.0)
         return self._send_abort(abort)
 
-    def resume(self, s: Stream, state: FilterState) -> Outcome:
+    def resume(self, s: FilterCallbacks, state: FilterState) -> Outcome:
         abort = state.pending
         state.pending = None
         return self._send_abort(abort) if abort is not None else None
@@ -145,7 +145,7 @@ class FaultFilter(HttpFilter):
         self.counters["aborts_injected"] += 1
         return LocalAnswer(abort)
 
-    def _delay_ms(self, s: Stream, config: FaultConfig) -> int:
+    def _delay_ms(self, s: FilterCallbacks, config: FaultConfig) -> int:
         fraction = config.delay_percentage
         if fraction is None:
             return 0
@@ -159,7 +159,7 @@ class FaultFilter(HttpFilter):
         n = self.runtime.integer(_DELAY_PERCENT, fraction.numerator)
         return ms if _draw(n, fraction.denominator) else 0
 
-    def _abort(self, s: Stream, fault: _Fault) -> http1.LocalReply | None:
+    def _abort(self, s: FilterCallbacks, fault: _Fault) -> http1.LocalReply | None:
         config = fault.config
         fraction = config.abort_percentage
         if fraction is None:

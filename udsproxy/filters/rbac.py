@@ -17,15 +17,15 @@ import ipaddress
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from udsproxy import http1
+from udsproxy.codec import http1
 from udsproxy.config.filter_schema import MatcherRules, Rbac, Rule, Rules
 from udsproxy.filters.base import HttpFilter, LocalAnswer, Outcome
 from udsproxy.headermatch import HeaderMatch, StringMatch
 
 if TYPE_CHECKING:
-    from udsproxy.router import CompiledRoute
+    from udsproxy.filters.base import FilterCallbacks
+    from udsproxy.router.routes import CompiledRoute
     from udsproxy.stats.store import FilterStats
-    from udsproxy.stream import Stream
 
 __all__ = ["RbacFilter"]
 
@@ -37,7 +37,7 @@ DENIED_BODY = "RBAC: access denied"
 
 # --- evaluation ---------------------------------------------------------------------------------
 
-Check = Callable[["Stream"], bool]
+Check = Callable[["FilterCallbacks"], bool]
 
 
 def _compile(rule: Rule) -> Check:
@@ -106,7 +106,7 @@ class _Engine:
             self.no_match = rules.no_match
             self.allow = False
 
-    def decide(self, s: Stream) -> tuple[bool, str]:
+    def decide(self, s: FilterCallbacks) -> tuple[bool, str]:
         if self.cases or self.no_match is not None:
             for check, name, allow in self.cases:
                 if check(s):
@@ -159,7 +159,7 @@ class RbacFilter(HttpFilter):
     def compile_route(self, configs: tuple[Any, ...]) -> _Compiled:
         return _Compiled(configs[0])
 
-    def decode_headers(self, s: Stream, route: CompiledRoute | None) -> Outcome:
+    def decode_headers(self, s: FilterCallbacks, route: CompiledRoute | None) -> Outcome:
         compiled: _Compiled = self.compiled
         if route is not None:
             compiled = route.filter_configs.get(self.name, compiled)

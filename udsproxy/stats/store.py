@@ -215,6 +215,8 @@ class ClusterStats:
     upstream_rq_tx_reset: int
     upstream_rq_cancelled: int
     upstream_rq_pending_total: int
+    upstream_rq_pending_overflow: int
+    upstream_cx_overflow: int
     update_attempt: int  # DNS clusters (udsproxy.dns): lookups started
     update_success: int
     update_failure: int

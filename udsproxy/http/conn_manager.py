@@ -1,35 +1,44 @@
-"""Per-listener state compiled once from config and shared by all its connections."""
+"""A listener's connection manager (Envoy's HttpConnectionManager), compiled once from config
+and shared by all its connections; and where finished requests are observed."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from bisect import bisect_left
-from collections.abc import Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from udsproxy import splice
+from udsproxy.codec.request import decoder_class
 from udsproxy.config import schema
 from udsproxy.config.datasource import read as read_data_source
-from udsproxy.downstream import connection_class
 from udsproxy.filters import build_chain
 from udsproxy.filters.base import RuntimeOf
 from udsproxy.flags import ResponseFlag
 from udsproxy.localreply import LocalReplyRewriter
 from udsproxy.pathnorm import PathNormalizer
-from udsproxy.router import Router
+from udsproxy.router.routes import RouteTable
 from udsproxy.runtime import Runtime
 from udsproxy.stats.store import BOUNDS, StatsStore
-from udsproxy.stream import Stream
 from udsproxy.streaminfo import Peer, StreamInfo
 
 if TYPE_CHECKING:
-    from udsproxy.downstream import DownstreamConnection
-    from udsproxy.upstream import Cluster
+    from udsproxy.upstream.cluster import Cluster
 
 __all__ = ["AccessLogger", "ListenerContext"]
 
 log = logging.getLogger("udsproxy.context")
+
+
+class Connection(Protocol):
+    """A downstream connection (``http.downstream``), as its listener drains or hands it on."""
+
+    ctx: ListenerContext
+
+    def close_when_quiet(self) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 class AccessLogger(Protocol):
@@ -62,7 +71,7 @@ class ListenerContext:
         self.name = listener.name
         self.loop = loop
         self.stat_prefix = hcm.stat_prefix
-        self.router = Router(hcm.route_config, hcm.upgrade_configs)
+        self.route_table = RouteTable(hcm.route_config, hcm.upgrade_configs)
         self.clusters = clusters
         self.access_loggers = tuple(access_loggers)
         server = hcm.server_name.encode()
@@ -86,9 +95,9 @@ class ListenerContext:
         # None unless a normalization is on: the data path tests one attribute
         paths = (hcm.normalize_path, hcm.merge_slashes, hcm.path_with_escaped_slashes_action)
         self.path_normalizer = PathNormalizer(*paths) if PathNormalizer.needed(*paths) else None
-        # headers_with_underscores_action: a connection class whose header callback checks
-        # names, so that the default (ALLOW) costs nothing per header
-        self.connection_class = connection_class(hcm.headers_with_underscores_action)
+        # headers_with_underscores_action: a decoder whose header callback checks names, so
+        # that the default (ALLOW) costs nothing per header
+        self.decoder_class = decoder_class(hcm.headers_with_underscores_action)
         self.listener_address = listener.address
         self.scheme = b"https" if listener.tls is not None else b"http"
         self.local_peer = Peer(str(listener.address), None)
@@ -101,15 +110,14 @@ class ListenerContext:
         # experiment), 1 MiB downloads ran at 0.8x the rate of the memoryview relay.
         self.splice_response_min = self.splice_min_bytes if splice_responses else 0
         self.draining = False  # set on shutdown: responses carry connection: close
-        self.connections: set[DownstreamConnection] = set()
+        self.connections: set[Connection] = set()
         self._next_id = 0
-        self._tasks: set[asyncio.Task[None]] = set()
         store = stats if stats is not None else StatsStore()
         self.http_stats = store.http_for(hcm.stat_prefix)
         # the http filters before the router; None when there are none (the stream's hooks
         # then cost one attribute test each)
         self.filters = build_chain(
-            hcm.http_filters, self.router, store, hcm.stat_prefix, RuntimeOf(self)
+            hcm.http_filters, self.route_table, store, hcm.stat_prefix, RuntimeOf(self)
         )
         # one attribute for the data path to test: anything to do before the router?
         self.before_routing = self.path_normalizer is not None or self.filters is not None
@@ -119,13 +127,7 @@ class ListenerContext:
         # observe at the end of the loop iteration (needs call_soon); what the batch saves is the
         # access log's formatting, so without one it would only add bookkeeping
         self.batched = batched and bool(self.access_loggers)
-        self._finished: list[Stream] = []
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run a connect attempt; the set keeps a strong reference until it is done."""
-        task = self.loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._finished: list[StreamInfo] = []
 
     def drain(self) -> None:
         """Stop keeping connections alive: idle ones close now (those that got a response in the
@@ -152,18 +154,7 @@ class ListenerContext:
         self._next_id += 1
         return self._next_id
 
-    def new_stream(self, conn: DownstreamConnection) -> Stream:
-        self.http_stats.downstream_rq_active += 1
-        s = Stream(self, conn)
-        if self.request_timeout and conn.active is None and not conn.queue:
-            # the whole request, from its first byte; the route timeout replaces it at the end.
-            # A request pipelined behind another starts its clock when that one is done
-            # (DownstreamConnection.stream_done), as Envoy reads it only then.
-            s.deadline = self.loop.time() + self.request_timeout
-            conn.arm(s.deadline)
-        return s
-
-    def observe(self, s: Stream) -> None:
+    def observe(self, s: StreamInfo) -> None:
         """The end of a request: observers read what it left behind and never fail it.
 
         Batched (the server), the requests finished in one loop iteration are counted and
@@ -189,7 +180,7 @@ class ListenerContext:
             self._finished = []
             self._observe(queue)
 
-    def _observe(self, finished: Sequence[Stream]) -> None:
+    def _observe(self, finished: Sequence[StreamInfo]) -> None:
         if self.request_stats:
             count = self._count
             try:
@@ -203,7 +194,7 @@ class ListenerContext:
             except Exception:  # an access log bug must not break the data path
                 log.exception("access log failed")
 
-    def _count(self, s: Stream) -> None:
+    def _count(self, s: StreamInfo) -> None:
         # One ledger entry per (host, status, ms bucket): every per-request counter is derived
         # from it at scrape time (stats.store.ListenerStats.entries).
         code = s.response_code

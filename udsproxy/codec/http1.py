@@ -1,4 +1,4 @@
-"""HTTP/1.1 constants and helpers shared by both sides of the proxy. Pure: no I/O.
+"""HTTP/1.1 constants shared by both sides of the proxy, and the local replies. Pure: no I/O.
 
 Everything here is computed once at import: status lines, header classes and the local-reply
 bodies. The data path only looks things up.
@@ -27,6 +27,7 @@ __all__ = [
     "NO_ROUTE",
     "PATH_NORMALIZATION_FAILED",
     "PATH_NORMALIZATION_REDIRECT",
+    "PENDING_OVERFLOW",
     "REQUEST_SANITIZED",
     "REQUEST_TIMEOUT",
     "SPECIAL_REQUEST_HEADERS",
@@ -186,6 +187,8 @@ NO_HEALTHY_UPSTREAM = LocalReply(
     503, "no healthy upstream", ResponseFlag.UH, "no_healthy_upstream", router=True
 )
 CONNECT_FAILURE = _reset(503, "connection failure", ResponseFlag.UF, "connection_failure")
+# the pool's limit on waiting requests (a circuit breaker's max_pending_requests)
+PENDING_OVERFLOW = _reset(503, "overflow", ResponseFlag.UO, "overflow")
 CONNECTION_TERMINATION = _reset(
     503, "connection termination", ResponseFlag.UC, "connection_termination"
 )

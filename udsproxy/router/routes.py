@@ -14,12 +14,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from udsproxy import http1
+from udsproxy.codec import http1
 from udsproxy.config import schema
 from udsproxy.config.datasource import read as read_data_source
 from udsproxy.headers import HeaderMutations, compile_mutations
 
-__all__ = ["CompiledRoute", "RequestShaping", "Router"]
+__all__ = ["CompiledRoute", "RequestShaping", "RouteTable"]
 
 _MAX_HOST_CACHE = 1024
 
@@ -206,7 +206,9 @@ class _VirtualHost:
         return None
 
 
-class Router:
+class RouteTable:
+    """A route configuration, compiled: virtual hosts by domain, then routes in order."""
+
     def __init__(
         self,
         config: schema.RouteConfiguration,

@@ -1,8 +1,8 @@
-"""Downstream side: one HTTP/1.1 server connection, the httptools parser's callback target.
+"""The downstream connection: transport, read gate, pipelining, keep-alive and timers.
 
-Parser callbacks only record what they see into the ``Stream`` being parsed; streams start after
-``feed_data`` returns, so a request that turns out malformed later in the same buffer is never
-forwarded. Pipelined requests queue behind the active one and are answered in order.
+Its request codec (``codec.request``) turns bytes into streams; streams start after ``feed``
+returns, so a request that turns out malformed later in the same buffer is never forwarded.
+Pipelined requests queue behind the active one and are answered in order.
 
 Reading is paused through one bit mask (``blocked``): each reason sets and clears its own bit, so a
 resume for one reason never undoes a pause for another.
@@ -14,32 +14,24 @@ import asyncio
 import collections
 from typing import TYPE_CHECKING, cast
 
-import httptools
-
-from udsproxy import http1
-from udsproxy.http1 import SPECIAL_REQUEST_HEADERS
+from udsproxy.codec import http1
+from udsproxy.codec.request import ERROR, STOPPED, UPGRADE, RequestHead
+from udsproxy.http.active_stream import ActiveStream as Stream
+from udsproxy.http.read_gate import (
+    BLOCK_CLIENT_WRITE,
+    BLOCK_DONE,
+    BLOCK_PIPELINE,
+    BLOCK_SPLICE,
+)
+from udsproxy.router.router import ROUTER
 from udsproxy.splice import Splicer, splice_fds
 from udsproxy.streaminfo import Peer
 
 if TYPE_CHECKING:
-    from udsproxy.context import ListenerContext
-    from udsproxy.stream import Stream
+    from udsproxy.http.conn_manager import ListenerContext
 
-__all__ = [
-    "BLOCK_BODY_BUFFER",
-    "BLOCK_PIPELINE",
-    "BLOCK_SPLICE",
-    "BLOCK_UPSTREAM_WRITE",
-    "DownstreamConnection",
-    "connection_class",
-]
+__all__ = ["DownstreamConnection"]
 
-BLOCK_UPSTREAM_WRITE = 1  # the upstream socket is backed up (slow upload)
-BLOCK_BODY_BUFFER = 2  # request body buffered while the upstream connects
-BLOCK_PIPELINE = 4  # too many pipelined requests queued
-BLOCK_DONE = 8  # no more requests will be read (error, upgrade, closing)
-BLOCK_CLIENT_WRITE = 16  # the client is not reading its responses: stop taking new requests
-BLOCK_SPLICE = 32  # the rest of a request body moves with splice(2), not through the parser
 
 _LINGER = 1.0  # Envoy's delayed_close_timeout: drain unread request bytes before closing
 # Draining, a connection whose last response went out without `connection: close` (it started
@@ -51,25 +43,13 @@ _DRAIN_GRACE = 1.0
 _MAX_PIPELINED = 16
 
 
-class _Reject(Exception):
-    """Raised from a parser callback to stop parsing; the reply is in ``_error``."""
-
-
-class _Stop(Exception):
-    """Raised after a ``Connection: close`` request: what follows it is not a request."""
-
-
 class DownstreamConnection(asyncio.Protocol):
+    """An asyncio protocol (uvloop only calls its methods) and its codec's callbacks."""
+
     __slots__ = (
         "_closed_here",
-        "_error",
-        "_head_fed",
-        "_header_bytes",
-        "_header_count",
-        "_in_head",
         "_linger",
         "_starting",
-        "_stopped",
         "_timer",
         "_timer_when",
         "_unread",
@@ -77,15 +57,14 @@ class DownstreamConnection(asyncio.Protocol):
         "blocked",
         "body_buffered",
         "closed",
+        "codec",
         "conn_id",
         "corked",
         "ctx",
-        "cur",
         "last_io",
         "local",
         "loop",
         "out",
-        "parser",
         "peer",
         "peer_ip",
         "queue",
@@ -99,8 +78,9 @@ class DownstreamConnection(asyncio.Protocol):
         self.ctx = ctx
         self.loop = ctx.loop
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
-        self.cur: Stream | None = None  # being parsed
+        self.codec = ctx.decoder_class(
+            self, ctx.max_header_bytes, ctx.max_headers_count, ctx.http_stats
+        )
         self.active: Stream | None = None  # being proxied
         self.queue: collections.deque[Stream] = collections.deque()
         self.tunnel: Stream | None = None  # set once the connection was upgraded
@@ -117,16 +97,8 @@ class DownstreamConnection(asyncio.Protocol):
         self.blocked = 0
         self._closed_here = False
         self.body_buffered = 0  # request body bytes held by this connection's streams
-        self._error: http1.LocalReply | None = None
-        self._header_bytes = 0
-        self._header_count = 0
-        # raw bytes fed while a request head is incomplete: httptools only reports a header
-        # when its line ends, so a never-ending header must be cut off here (431)
-        self._head_fed = 0
-        self._in_head = True
         self._linger: asyncio.TimerHandle | None = None
         self._starting = False
-        self._stopped = False
         self._unread = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
@@ -162,33 +134,25 @@ class DownstreamConnection(asyncio.Protocol):
         self.last_io = self.loop.time()
         self.ctx.http_stats.downstream_cx_rx_bytes_total += len(data)
         if self.tunnel is not None:
-            self.tunnel.on_downstream_tunnel_data(data)
+            self.tunnel.decode_tunnel_data(data)
             return
         if self.blocked & BLOCK_DONE:
             self._unread = True  # bytes nobody will read: close with a delayed close
             return  # after an error, an upgrade or while closing nothing more is parsed
-        if self._in_head:
-            self._head_fed += len(data)
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._on_upgrade_request(data[exc.args[0] :])
-        except httptools.HttpParserError:
-            if self._stopped:
+        codec = self.codec
+        result = codec.feed(data)
+        if result:
+            if result == UPGRADE:
+                self._on_upgrade_request(codec.upgrade_rest)
+            elif result == STOPPED:
                 self._pause(BLOCK_DONE)
-            else:
-                self._on_parse_error()
-        else:
-            if self._stopped:
-                self._pause(BLOCK_DONE)
-            if self._in_head and self._head_fed > self.ctx.max_header_bytes:
-                self._error = http1.HEADERS_TOO_LARGE
+            elif result == ERROR:
                 self._on_parse_error()
         if self.active is None and self.queue:
             self._start_next()
-        s = self.cur
-        if s is not None and s is self.active and not self._in_head and self.ctx.splice_min_bytes:
-            self._splice_upload(s)
+        s = codec.cur
+        if s is not None and s is self.active and not codec.in_head and self.ctx.splice_min_bytes:
+            self._splice_upload(s)  # type: ignore[arg-type]
 
     # -- large request bodies by splice(2) -----------------------------------------------------
     def _splice_upload(self, s: Stream) -> None:
@@ -197,7 +161,8 @@ class DownstreamConnection(asyncio.Protocol):
         if s.req_chunked or s.req_cl < 0 or self.blocked:
             return
         remaining = s.req_cl - s.bytes_received
-        up = s.upstream
+        ureq = s.upstream
+        up = ureq.conn if ureq is not None else None
         if remaining < self.ctx.splice_min_bytes or up is None or up.splicer is not None:
             return
         fds = splice_fds(self.transport, up.transport)
@@ -218,9 +183,9 @@ class DownstreamConnection(asyncio.Protocol):
     def _upload_spliced(self) -> None:
         self.splicer = None
         # The parser stopped mid-body; a fresh one reads the next request.
-        self.parser = httptools.HttpRequestParser(self)
-        if self.cur is not None:
-            self.on_message_complete()
+        self.codec.reset()
+        if self.codec.cur is not None:
+            self.codec.on_message_complete()
         self._resume(BLOCK_SPLICE)
 
     def _upload_splice_failed(self, exc: OSError | None, eof: bool) -> None:
@@ -241,7 +206,7 @@ class DownstreamConnection(asyncio.Protocol):
         # Envoy's connection manager does not half-close: a client's FIN is its disconnect,
         # and the requests it leaves unanswered end 0 DC (downstream_remote_disconnect), not
         # with the status the upstream sends later. Only a tunnel keeps its other direction.
-        if self.tunnel is None or self._linger is not None or self.cur is not None:
+        if self.tunnel is None or self._linger is not None or self.codec.cur is not None:
             return False
         if self.active is None and not self.queue:
             return False
@@ -293,84 +258,32 @@ class DownstreamConnection(asyncio.Protocol):
             if self.active is None and self.queue:
                 self._start_next()
 
-    # -- httptools callbacks -----------------------------------------------------------------
-    def on_url(self, url: bytes) -> None:
-        # No on_message_begin: one callback fewer per request; the URL always comes first.
-        s = self.cur
-        if s is None:
-            if self._stopped:
-                self._unread = True  # a request after "Connection: close": never read
-                raise _Stop
-            s = self.cur = self.ctx.new_stream(self)
-            self._header_bytes = 0
-            self._header_count = 0
-        s.url += url
-        self._header_bytes += len(url)
-        if self._header_bytes > self.ctx.max_header_bytes:
-            self._reject(http1.HEADERS_TOO_LARGE)
+    # -- the codec's callbacks ------------------------------------------------------------------
+    def new_stream(self) -> RequestHead:
+        ctx = self.ctx
+        ctx.http_stats.downstream_rq_active += 1
+        s = Stream(ctx, self, ROUTER)
+        if ctx.request_timeout and self.active is None and not self.queue:
+            # the whole request, from its first byte; the route timeout replaces it at the end.
+            # A request pipelined behind another starts its clock when that one is done
+            # (stream_done), as Envoy reads it only then.
+            s.deadline = self.loop.time() + ctx.request_timeout
+            self.arm(s.deadline)
+        return s
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value) + 4
-        self._header_count += 1
-        if self._header_bytes > self.ctx.max_header_bytes:
-            self._reject(http1.HEADERS_TOO_LARGE)
-        if self._header_count > self.ctx.max_headers_count:
-            self._reject(http1.TOO_MANY_HEADERS)
-        s = self.cur
-        assert s is not None
-        name = name.lower()
-        if name not in SPECIAL_REQUEST_HEADERS:
-            s.headers.append((name, value))
-            return
-        reply = s.add_header(name, value)
-        if reply is not None:
-            self._reject(reply)
-
-    def on_headers_complete(self) -> None:
-        s = self.cur
-        assert s is not None
-        self._in_head = False
-        self._head_fed = 0
-        parser = self.parser
-        reply = s.headers_complete(
-            parser.get_method(),
-            parser.get_http_version(),
-            parser.should_keep_alive(),
-            parser.should_upgrade(),
-        )
-        if reply is not None:
-            self._reject(reply)
-        self.queue.append(s)
+    def on_request_headers(self, s: RequestHead) -> None:
+        self.queue.append(s)  # type: ignore[arg-type]
         if len(self.queue) > _MAX_PIPELINED:
             self._pause(BLOCK_PIPELINE)
 
-    def on_body(self, body: bytes) -> None:
-        s = self.cur
-        assert s is not None
-        s.on_request_body(body)
-
-    def on_message_complete(self) -> None:
-        s = self.cur
-        assert s is not None
-        self.cur = None
-        self._in_head = True
-        s.on_request_complete()
-        if not s.keep_alive:
-            self._stopped = True  # bytes after a "Connection: close" request are not parsed
-
     # -- errors and upgrades ---------------------------------------------------------------
-    def _reject(self, reply: http1.LocalReply) -> None:
-        self._error = reply
-        raise _Reject
-
     def _on_parse_error(self) -> None:
         """Answer the malformed request in order (after the complete ones before it), then close."""
-        reply = self._error or http1.BAD_REQUEST
+        reply = self.codec.error or http1.BAD_REQUEST
         self._pause(BLOCK_DONE)
-        s = self.cur
-        self.cur = None
+        s = cast("Stream | None", self.codec.take())
         if s is None:
-            s = self.ctx.new_stream(self)
+            s = cast(Stream, self.new_stream())
         if s is self.active:
             s.on_request_error(reply)
             return
@@ -386,7 +299,7 @@ class DownstreamConnection(asyncio.Protocol):
         last = self.queue[-1] if self.queue else self.active
         if last is not None and last.upgrade is None and not last.error:
             # ...unless the upgrade was dropped (h2c, as Envoy does): keep parsing requests.
-            self.parser = httptools.HttpRequestParser(self)
+            self.codec.reset()
             if rest:
                 self.data_received(rest)
             return
@@ -420,14 +333,16 @@ class DownstreamConnection(asyncio.Protocol):
             self.active = None
         if self.closed:
             return
-        cur = self.cur
+        cur = cast("Stream | None", self.codec.cur)
         if cur is not None and not cur.deadline and self.ctx.request_timeout:
             # a request pipelined behind this one: its request_timeout starts now
             cur.deadline = self.loop.time() + self.ctx.request_timeout
             self._arm(cur.deadline)
         if close:
             # a delayed close only where request bytes may be left unread
-            self.close(linger=not s.request_complete or self._unread or self._error is not None)
+            codec = self.codec
+            linger = self._unread or codec.unread or codec.error is not None
+            self.close(linger=linger or not s.request_complete)
             return
         if self.ctx.draining:
             # the response went out before the drain, without connection: close
@@ -507,7 +422,7 @@ class DownstreamConnection(asyncio.Protocol):
         The connection's one timer does the waiting (``_on_timer``), so none outlives it."""
         if self.closed or self.active is not None or self.queue or self.tunnel is not None:
             return
-        if self.cur is not None:
+        if self.codec.cur is not None:
             return  # a request is arriving: answered with connection: close, or timed out
         quiet_at = self.last_io + _DRAIN_GRACE
         if quiet_at > self.loop.time():
@@ -570,7 +485,7 @@ class DownstreamConnection(asyncio.Protocol):
             return
         if self.queue:
             return
-        cur = self.cur
+        cur = cast("Stream | None", self.codec.cur)
         if ctx.draining and cur is None:
             self.close_when_quiet()
             return
@@ -578,7 +493,7 @@ class DownstreamConnection(asyncio.Protocol):
             # request_timeout while the head is still arriving
             if cur.deadline <= now:
                 ctx.http_stats.downstream_rq_timeout += 1
-                self._error = http1.REQUEST_TIMEOUT
+                self.codec.error = http1.REQUEST_TIMEOUT
                 self._on_parse_error()
                 if self.active is None and self.queue:
                     self._start_next()
@@ -591,39 +506,3 @@ class DownstreamConnection(asyncio.Protocol):
                 self.close()
             else:
                 self._arm(deadline)
-
-
-class _DropUnderscores(DownstreamConnection):
-    """headers_with_underscores_action: DROP_HEADER."""
-
-    __slots__ = ()
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        # counted against the limits like any header, then taken back out (no special header
-        # has an underscore, so it was the last one appended)
-        DownstreamConnection.on_header(self, name, value)
-        if b"_" in name:
-            self.ctx.http_stats.http1_dropped_headers_with_underscores += 1
-            assert self.cur is not None
-            self.cur.headers.pop()
-
-
-class _RejectUnderscores(DownstreamConnection):
-    """headers_with_underscores_action: REJECT_REQUEST (400, as Envoy's HTTP/1 codec)."""
-
-    __slots__ = ()
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if b"_" in name:
-            self.ctx.http_stats.http1_requests_rejected_with_underscores_in_headers += 1
-            self._reject(http1.UNDERSCORE_IN_HEADER)
-        DownstreamConnection.on_header(self, name, value)
-
-
-def connection_class(underscores_action: str) -> type[DownstreamConnection]:
-    """The connection class for a connection manager's headers_with_underscores_action."""
-    if underscores_action == "DROP_HEADER":
-        return _DropUnderscores
-    if underscores_action == "REJECT_REQUEST":
-        return _RejectUnderscores
-    return DownstreamConnection

@@ -1,0 +1,206 @@
+"""A host's HTTP/1.1 connection pool: it hands out connections and knows no stream.
+
+Envoy's ConnPoolImplBase in small: idle connections (LIFO, so hot ones stay hot and cold ones
+age out at the bottom), connections being opened, busy ones, and waiters queued for the next
+free connection. A waiter is anything with ``on_pool_ready(conn)`` and
+``on_pool_failure(exc)``; ``new_stream`` returns it (still queued) or None (served at once), and
+``cancel`` takes it back out. Limits (``max_connections``, ``max_pending``; None: unlimited) are
+where circuit breakers go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
+
+__all__ = ["ConnPool", "PoolConnection", "PoolOverflow", "PoolStats", "Waiter"]
+
+
+class PoolConnection(Protocol):
+    closed: bool
+    idle_since: float
+
+    @property
+    def reusable(self) -> bool: ...
+
+    def is_open(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class Waiter(Protocol):
+    def on_pool_ready(self, conn: Any) -> None: ...
+
+    def on_pool_failure(self, exc: BaseException) -> None: ...
+
+
+class PoolStats(Protocol):
+    """Envoy's cluster counters the pool keeps."""
+
+    upstream_rq_pending_total: int
+    upstream_rq_pending_active: int
+    upstream_rq_pending_overflow: int
+    upstream_rq_cancelled: int
+    upstream_cx_idle_timeout: int
+    upstream_cx_overflow: int
+
+
+class PoolOverflow(Exception):
+    """No connection and no room to wait for one (max_pending reached)."""
+
+
+class ConnPool:
+    __slots__ = (
+        "_connect",
+        "_spawn",
+        "_timer",
+        "busy",
+        "connecting",
+        "draining",
+        "idle",
+        "idle_timeout",
+        "loop",
+        "max_connections",
+        "max_pending",
+        "pending",
+        "stats",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        connect: Callable[[], Coroutine[Any, Any, Any]],
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+        stats: PoolStats,
+        *,
+        idle_timeout: float = 0.0,
+        max_connections: int | None = None,
+        max_pending: int | None = None,
+    ) -> None:
+        self.loop = loop
+        self._connect = connect  # opens one connection (raises on failure)
+        self._spawn = spawn  # runs a coroutine to completion (keeps a reference)
+        self.stats = stats
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.max_pending = max_pending
+        self.idle: collections.deque[Any] = collections.deque()
+        self.busy: set[Any] = set()
+        self.connecting = 0
+        self.pending: collections.deque[Waiter] = collections.deque()
+        self.draining = False  # retired host or replaced cluster: nothing goes back to idle
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def total(self) -> int:
+        return len(self.idle) + len(self.busy) + self.connecting
+
+    def new_stream(self, waiter: Waiter, fresh: bool = False) -> Waiter | None:
+        """A connection for ``waiter``: an idle one now (None is returned), or the next one
+        free (``waiter`` is returned: it is queued; ``cancel`` it if it goes away). ``fresh``
+        skips the idle ones (a retry after a stale keep-alive connection)."""
+        if not fresh:
+            idle = self.idle
+            while idle:
+                conn = idle.pop()  # most recently used first
+                if conn.is_open():
+                    self.busy.add(conn)
+                    waiter.on_pool_ready(conn)
+                    return None
+        if self.max_pending is not None and len(self.pending) >= self.max_pending:
+            self.stats.upstream_rq_pending_overflow += 1
+            waiter.on_pool_failure(PoolOverflow())
+            return None
+        stats = self.stats
+        stats.upstream_rq_pending_total += 1
+        stats.upstream_rq_pending_active += 1
+        self.pending.append(waiter)
+        if self.connecting < len(self.pending):
+            if self.max_connections is None or self.total < self.max_connections:
+                self.connecting += 1
+                self._spawn(self._open())
+            else:
+                stats.upstream_cx_overflow += 1  # waits for a busy one to be released
+        return waiter
+
+    def cancel(self, waiter: Waiter) -> None:
+        """The waiter went away (the client left) before it had a connection."""
+        try:
+            self.pending.remove(waiter)
+        except ValueError:
+            return
+        self.stats.upstream_rq_pending_active -= 1
+        self.stats.upstream_rq_cancelled += 1
+
+    async def _open(self) -> None:
+        try:
+            conn = await self._connect()
+        except Exception as exc:  # any failure to connect fails a waiter, never hangs it
+            self.connecting -= 1
+            if self.pending:
+                self.stats.upstream_rq_pending_active -= 1
+                self.pending.popleft().on_pool_failure(exc)
+            return
+        self.connecting -= 1
+        self.busy.add(conn)
+        self.release(conn)
+
+    def _serve(self, conn: Any) -> None:
+        self.stats.upstream_rq_pending_active -= 1
+        self.pending.popleft().on_pool_ready(conn)
+
+    def release(self, conn: Any) -> None:
+        """A connection is free again: the next waiter takes it, or it goes idle (or closes, if
+        it cannot be reused)."""
+        self.busy.discard(conn)
+        if not conn.reusable or self.draining:
+            conn.close()
+            self._replace()
+            return
+        if self.pending:
+            self.busy.add(conn)
+            self._serve(conn)
+            return
+        conn.idle_since = self.loop.time()
+        self.idle.append(conn)
+        if self._timer is None and self.idle_timeout > 0:
+            self._timer = self.loop.call_at(conn.idle_since + self.idle_timeout, self._expire)
+
+    def _replace(self) -> None:
+        """A connection closed while requests wait at max_connections: open another."""
+        limit = self.max_connections
+        waiting = len(self.pending)
+        if limit is not None and self.connecting < waiting and self.total < limit:
+            self.connecting += 1
+            self._spawn(self._open())
+
+    def forget(self, conn: Any) -> None:
+        """A connection closed (idle or busy): it leaves the pool."""
+        self.busy.discard(conn)
+        if conn in self.idle:
+            self.idle.remove(conn)
+        self._replace()
+
+    def _expire(self) -> None:
+        self._timer = None
+        deadline = self.loop.time() - self.idle_timeout
+        idle = self.idle
+        while idle and idle[0].idle_since <= deadline:
+            self.stats.upstream_cx_idle_timeout += 1
+            idle.popleft().close()
+        if idle:
+            self._timer = self.loop.call_at(idle[0].idle_since + self.idle_timeout, self._expire)
+
+    def close_idle(self) -> None:
+        while self.idle:
+            self.idle.pop().close()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def drain(self) -> None:
+        """Busy connections finish their request, then close; idle ones close now."""
+        self.draining = True
+        self.close_idle()
