@@ -257,7 +257,12 @@ class RequestDecoder:
             self.upgrade_rest = data[exc.args[0] :]
             return UPGRADE
         except httptools.HttpParserError:
-            return STOPPED if self.stopped else ERROR
+            if self.stopped:
+                # llhttp itself refuses bytes after a "Connection: close" request (before any
+                # on_url): they are unread all the same, so the close must be a delayed one
+                self.unread = True
+                return STOPPED
+            return ERROR
         if self.stopped:
             return STOPPED
         if self.in_head and self.head_fed > self.max_header_bytes:
