@@ -47,11 +47,16 @@ def make_info(
 
 
 def render(fmt: str, info: StreamInfo, **kw: bool) -> str:
-    return compile_text(fmt, **kw).format(info)
+    """The line as a byte view; the bytes the access log writes must be the same line."""
+    f = compile_text(fmt, **kw)
+    line = f.format(info)
+    if info.end_mono is not None:  # else DURATION reads the clock
+        assert f.render(info) == line.encode("latin-1")
+    return line
 
 
 def default(info: StreamInfo) -> str:
-    return compile_text(DEFAULT_FORMAT).format(info)
+    return render(DEFAULT_FORMAT, info)
 
 
 # -- the default format ----------------------------------------------------------------------
@@ -268,6 +273,10 @@ def test_bytes_are_logged_unchanged() -> None:
     info.request_headers = [(b"user-agent", "café ☕".encode() + b"\xff")]
     line = render("é %REQ(USER-AGENT)% %ROUTE_NAME%", info)
     assert line.encode("latin-1") == "é café ☕".encode() + b"\xff " + "rüte".encode()
+    js = compile_json({"ua": "%REQ(USER-AGENT)%", "r": "é %ROUTE_NAME%"}).render(info)
+    assert js == '{"r":"é rüte","ua":"café ☕'.encode() + b'\xff"}\n'
+    when = compile_text("%START_TIME(é %Y)% %RESPONSE_FLAGS%").render(make_info())
+    assert when == "é 2020 -".encode()
 
 
 # -- other operators --------------------------------------------------------------------------
@@ -391,6 +400,7 @@ def test_json_typed_values_nesting_and_sorted_keys() -> None:
         }
     )
     line = f.format(info)
+    assert f.render(info) == line.encode("latin-1")
     assert line.endswith("}\n") and line.count("\n") == 1
     assert line == (
         '{"bytes":169949,"duration_text":"10.0","list":[1,2,2.5,true,null,169949,'

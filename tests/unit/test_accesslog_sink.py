@@ -16,7 +16,7 @@ from udsproxy.accesslog.sink import AccessLogger, FileSink, SinkRegistry, build_
 from udsproxy.config.schema import AccessLog
 from udsproxy.streaminfo import StreamInfo
 
-LINE = "x" * 29 + "\n"  # 30 bytes
+LINE = b"x" * 29 + b"\n"  # 30 bytes
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
@@ -63,9 +63,9 @@ def test_nothing_is_written_until_size_or_interval(log_path: Path, sinks: list[F
     s = make(sinks, log_path, flush_interval=60, flush_bytes=1 << 20)
     s.write(LINE)
     time.sleep(0.05)
-    assert log_path.read_text() == ""
+    assert log_path.read_bytes() == b""
     s.flush()
-    assert log_path.read_text() == LINE
+    assert log_path.read_bytes() == LINE
     assert s.written_lines == 1
 
 
@@ -74,18 +74,18 @@ def test_flush_by_size(log_path: Path, sinks: list[FileSink]) -> None:
     for _ in range(3):
         s.write(LINE)  # 90 bytes: below the threshold
     time.sleep(0.05)
-    assert log_path.read_text() == ""
+    assert log_path.read_bytes() == b""
     s.write(LINE)  # 120 bytes: the writer thread is woken
-    assert wait_for(lambda: log_path.read_text() == LINE * 4)
+    assert wait_for(lambda: log_path.read_bytes() == LINE * 4)
     assert wait_for(lambda: s.written_lines == 4)  # counted just after the write
 
 
 def test_flush_by_interval(log_path: Path, sinks: list[FileSink]) -> None:
     s = make(sinks, log_path, flush_interval=0.05, flush_bytes=1 << 20)
     s.write(LINE)
-    assert wait_for(lambda: log_path.read_text() == LINE)
-    s.write("second\n")
-    assert wait_for(lambda: log_path.read_text() == LINE + "second\n")
+    assert wait_for(lambda: log_path.read_bytes() == LINE)
+    s.write(b"second\n")
+    assert wait_for(lambda: log_path.read_bytes() == LINE + b"second\n")
 
 
 def test_lines_past_the_bound_are_dropped_and_counted(
@@ -96,7 +96,7 @@ def test_lines_past_the_bound_are_dropped_and_counted(
         s.write(LINE)
     assert (s.dropped_lines, s.dropped_bytes) == (7, 210)
     s.flush()
-    assert log_path.read_text() == LINE * 3
+    assert log_path.read_bytes() == LINE * 3
     assert s.written_lines == 3
     s.write(LINE)  # room again once written
     s.flush()
@@ -104,11 +104,11 @@ def test_lines_past_the_bound_are_dropped_and_counted(
 
 
 def test_appends_to_an_existing_file(log_path: Path, sinks: list[FileSink]) -> None:
-    log_path.write_text("old\n")
+    log_path.write_bytes(b"old\n")
     s = make(sinks, log_path)
-    s.write("new\n")
+    s.write(b"new\n")
     s.close()
-    assert log_path.read_text() == "old\nnew\n"
+    assert log_path.read_bytes() == b"old\nnew\n"
 
 
 def test_close_flushes_joins_and_is_idempotent(log_path: Path) -> None:
@@ -119,7 +119,7 @@ def test_close_flushes_joins_and_is_idempotent(log_path: Path) -> None:
     s.close()
     s.close()
     assert not thread.is_alive()
-    assert log_path.read_text() == LINE
+    assert log_path.read_bytes() == LINE
     s.write(LINE)  # after close: dropped, not raised
     assert s.dropped_lines == 1
     with pytest.raises(OSError):
@@ -135,18 +135,28 @@ def test_close_without_any_write_starts_no_thread(log_path: Path) -> None:
 
 def test_stdout_is_written_and_never_closed(capfd: pytest.CaptureFixture[str]) -> None:
     s = FileSink("/dev/stdout")
-    s.write("to stdout\n")
+    s.write(b"to stdout\n")
     s.close()
     os.fstat(1)  # still open
     assert capfd.readouterr().out == "to stdout\n"
 
 
-def test_bytes_go_out_as_the_byte_view(log_path: Path, sinks: list[FileSink]) -> None:
+def test_lines_are_written_unchanged(log_path: Path, sinks: list[FileSink]) -> None:
     s = make(sinks, log_path)
-    s.write("caf\xc3\xa9 \xff\n")  # a formatter line: one char per byte
-    s.write("€\n")  # a str that is not a byte view: written as UTF-8
+    s.write("café ☕ ".encode() + b"\xff\n")  # formatter output: bytes, never re-encoded
     s.flush()
-    assert log_path.read_bytes() == b"caf\xc3\xa9 \xff\n" + "€\n".encode()
+    assert log_path.read_bytes() == "café ☕ ".encode() + b"\xff\n"
+
+
+def test_logger_writes_the_formatters_bytes(log_path: Path, sinks: list[FileSink]) -> None:
+    logger = AccessLogger(compile_text("%REQ(USER-AGENT)% é\n"), make(sinks, log_path))
+    info = StreamInfo(0.0, 0.0)
+    info.request_headers = [(b"user-agent", b"caf\xc3\xa9 \xff")]
+    logger.log(info)
+    logger.log_batch([info, info])
+    logger.sink.flush()
+    assert log_path.read_bytes() == (b"caf\xc3\xa9 \xff " + "é".encode() + b"\n") * 3
+    assert logger.sink.written_lines == 3
 
 
 def test_pipe_writes_keep_lines_whole(
@@ -164,7 +174,7 @@ def test_pipe_writes_keep_lines_whole(
         return real_write(fd, data)
 
     monkeypatch.setattr(os, "write", spy)  # the sink calls os.write
-    line = "y" * 999 + "\n"
+    line = b"y" * 999 + b"\n"
     for _ in range(10):
         s.write(line)
     s.flush()
@@ -173,7 +183,7 @@ def test_pipe_writes_keep_lines_whole(
     while len(got) < 10_000 and select.select([reader], [], [], 1.0)[0]:
         got += os.read(reader, 65536)
     os.close(reader)
-    assert got == line.encode() * 10
+    assert got == line * 10
     assert all(size % 1000 == 0 and size <= select.PIPE_BUF for size in sizes)
 
 
@@ -203,7 +213,7 @@ def test_build_access_loggers_and_log(log_path: Path) -> None:
     for logger in loggers:
         logger.log(info)
     reg.close_all()
-    assert log_path.read_text() == '204\n{"code":204}\n'
+    assert log_path.read_bytes() == b'204\n{"code":204}\n'
     with pytest.raises(FormatError):
         build_access_loggers((AccessLog(path=str(log_path), text_format="%NOPE%"),), reg)
 
@@ -232,26 +242,26 @@ def test_writes_from_many_threads_are_all_kept(log_path: Path, sinks: list[FileS
         t.join()
     s.close()
     assert s.written_lines == 2000 and s.dropped_lines == 0
-    assert log_path.read_text() == LINE * 2000
+    assert log_path.read_bytes() == LINE * 2000
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork() with threads, 3.12+
 def test_a_forked_child_starts_clean(log_path: Path, sinks: list[FileSink]) -> None:
     s = make(sinks, log_path, flush_interval=60, flush_bytes=1 << 20)
-    s.write("parent\n")  # queued in the parent, writer thread running
+    s.write(b"parent\n")  # queued in the parent, writer thread running
     pid = os.fork()
     if pid == 0:  # the child: the parent's queue and thread are gone, its own work flows
         try:
             ok = s._thread is None and s._pending == 0
-            s.write("child\n")
+            s.write(b"child\n")
             s.flush()
         finally:
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert log_path.read_text() == "child\n"
+    assert log_path.read_bytes() == b"child\n"
     s.flush()
-    assert log_path.read_text() == "child\nparent\n"
+    assert log_path.read_bytes() == b"child\nparent\n"
 
 
 def test_bad_options_are_rejected(log_path: Path) -> None:
@@ -264,17 +274,17 @@ def test_bad_options_are_rejected(log_path: Path) -> None:
 
 def test_reopen_after_rename_writes_the_new_file(log_path: Path, sinks: list[FileSink]) -> None:
     s = make(sinks, log_path, flush_interval=60)
-    s.write("a\n")
+    s.write(b"a\n")
     s.flush()
     rotated = log_path.with_suffix(".1")
     log_path.rename(rotated)
-    s.write("b\n")  # queued before the reopen: goes to the old file
+    s.write(b"b\n")  # queued before the reopen: goes to the old file
     s.reopen()
     assert wait_for(lambda: log_path.exists())
-    s.write("c\n")
+    s.write(b"c\n")
     s.close()
-    assert rotated.read_text() == "a\nb\n"
-    assert log_path.read_text() == "c\n"
+    assert rotated.read_bytes() == b"a\nb\n"
+    assert log_path.read_bytes() == b"c\n"
 
 
 def test_reopen_before_any_line_opens_at_once(log_path: Path, sinks: list[FileSink]) -> None:
@@ -283,9 +293,9 @@ def test_reopen_before_any_line_opens_at_once(log_path: Path, sinks: list[FileSi
     log_path.rename(rotated)
     s.reopen()  # no writer thread yet: done in the caller
     assert log_path.exists()
-    s.write("x\n")
+    s.write(b"x\n")
     s.close()
-    assert log_path.read_text() == "x\n" and rotated.read_text() == ""
+    assert log_path.read_bytes() == b"x\n" and rotated.read_bytes() == b""
 
 
 def test_reopen_keeps_stdout(sinks: list[FileSink]) -> None:
@@ -303,12 +313,12 @@ def test_reopen_failure_keeps_the_old_file(tmp_path: Path, sinks: list[FileSink]
     kept = tmp_path / "kept.log"
     path.rename(kept)
     d.rmdir()  # the path cannot be opened again
-    s.write("a\n")
+    s.write(b"a\n")
     s.reopen()
     assert wait_for(lambda: s.reopen_failures == 1)
-    s.write("b\n")
+    s.write(b"b\n")
     s.close()
-    assert kept.read_text() == "a\nb\n"
+    assert kept.read_bytes() == b"a\nb\n"
     assert s.dropped_lines == 0
 
 
@@ -320,7 +330,7 @@ def test_reopen_under_load_loses_no_line(log_path: Path, sinks: list[FileSink]) 
 
     def writer() -> None:
         for i in range(total):
-            s.write(f"{i}\n")
+            s.write(b"%d\n" % i)
             if i % 500 == 0:
                 time.sleep(0.002)  # let the rotations interleave
         done.set()
@@ -339,7 +349,7 @@ def test_reopen_under_load_loses_no_line(log_path: Path, sinks: list[FileSink]) 
         time.sleep(0.003)
     t.join()
     s.close()
-    seen = [int(x) for p in [*rotated, log_path] for x in p.read_text().split()]
+    seen = [int(x) for p in [*rotated, log_path] for x in p.read_bytes().split()]
     assert sorted(seen) == list(range(total))
     assert s.dropped_lines == 0
     assert len([p for p in rotated if p.stat().st_size]) >= 2  # the rotation really split it

@@ -2,11 +2,13 @@
 
 Envoy parses a format into a list of providers at config load (``SubstitutionFormatParser``). We go
 one step further and generate a function per format, so a request costs attribute reads, one
-header dict and one f-string: no parsing, no per-operator call. ``Formatter.source`` shows the code.
+scan of each header list it reads and one ``%``-template: no parsing, no per-operator call.
+``Formatter.source`` shows the code.
 
-Output is a *byte view*: every character is < 256 and stands for one byte of what Envoy writes.
-Header bytes are decoded latin-1; config text and ``str`` fields are UTF-8 encoded first.
-``FileSink`` encodes lines with latin-1, so the file holds Envoy's exact bytes.
+A text format renders ``bytes`` directly (``Formatter.render``): header values go in as received,
+config text and ``str`` fields as UTF-8, so ``FileSink`` writes the line unchanged. ``format``
+returns the same line as a *byte view* (a ``str`` whose every character is < 256 and stands for one
+byte); ``json_format`` is built as a byte view and encoded once.
 """
 
 from __future__ import annotations
@@ -50,12 +52,20 @@ class FormatError(ValueError):
 
 
 class Formatter:
-    """A compiled format. ``format(info)`` returns one log line (a byte view, see module doc)."""
+    """A compiled format. ``render(info)`` returns one log line as bytes, ``format(info)`` the
+    same line as a byte view (see module doc)."""
 
-    __slots__ = ("format", "source")
+    __slots__ = ("format", "render", "source")
 
-    def __init__(self, render: Callable[[StreamInfo], str], source: str) -> None:
-        self.format = render  # the generated function itself: no method hop per request
+    def __init__(
+        self,
+        render: Callable[[StreamInfo], bytes],
+        format: Callable[[StreamInfo], str],
+        source: str,
+    ) -> None:
+        # the generated functions themselves: no method hop per request
+        self.render = render
+        self.format = format
         self.source = source
 
     def __repr__(self) -> str:
@@ -123,6 +133,9 @@ _TIME_SPEC = re.compile(r"%(?:%|([1-9]?)f|s|E([1-9])S|E\*S|Ez|E4Y|Z)")
 _TIME_NEWLINE = re.compile(r"%[-_0^#]*[1-9]*[EO]?n")
 
 
+_MS_Z_BYTES: Final = tuple(z.encode() for z in _MS_Z)
+
+
 def _default_start_time() -> Callable[[float], str]:
     """``2016-04-15T20:17:00.310Z``: UTC, milliseconds truncated; the seconds part is cached."""
     cache = (-1, "")  # (second, "2016-04-15T20:17:00."), swapped as one object
@@ -138,7 +151,22 @@ def _default_start_time() -> Callable[[float], str]:
     return render
 
 
+# The default START_TIME in bytes, inline in the generated code (a call costs more than the rest):
+# a one-element list holds (second, b"2016-04-15T20:17:00."), swapped as one object.
+_START_TIME_BYTES: Final = """\
+$v = int(i.start_time * 1e6 + 0.5) // 1000
+t_ = $C[0]
+if t_[0] != $v // 1000: t_ = _tick($C, $v // 1000)
+$v = t_[1] + _msz[$v % 1000]"""
+
+
+def _tick(cache: list[tuple[int, bytes]], sec: int) -> tuple[int, bytes]:
+    cache[0] = now = (sec, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec)).encode())
+    return now
+
+
 def _start_time(fmt: str, where: str) -> Callable[[float], str]:
+    """A START_TIME renderer returning a byte view (config text is UTF-8)."""
     if not fmt:
         return _default_start_time()
     if _TIME_NEWLINE.search(fmt):
@@ -172,7 +200,7 @@ def _start_time(fmt: str, where: str) -> Callable[[float], str]:
                     new += [seg, ""]
                 else:
                     new[-1] = f"{new[-1]}{sec if seg is None else time.strftime(seg, tm)}"
-            cache = (sec, new)
+            cache = (sec, [_bv(p) if isinstance(p, str) else p for p in new])
         parts = cache[1]
         if len(parts) == 1:
             return cast(str, parts[0])
@@ -186,7 +214,9 @@ def _start_time(fmt: str, where: str) -> Callable[[float], str]:
 
 _STR, _INT, _PORT = "str", "int", "port"  # typed-JSON kinds; _PORT: "" in text, null typed
 # Operator code assigns the raw value to $v, or $d when unset ("-"/"" in text, None in JSON).
-_BV = "\nif $v and not $v.isascii(): $v = _bv($v)"  # str fields -> byte view (see module doc)
+# str fields -> byte view (see module doc); bytes output encodes them as UTF-8 instead
+_BV = "\n$BV"
+_BV_STR = "if $v and not $v.isascii(): $v = _bv($v)"
 _MS = "int(($v - i.start_mono) * 1e3 + 1e-6)"  # Envoy truncates to ms; 1e-6 absorbs float error
 
 
@@ -269,15 +299,17 @@ _ALWAYS_UNSET: Final = frozenset(
 _ALWAYS_UNSET_WITH_ARGS: Final = frozenset({"DYNAMIC_METADATA", "FILTER_STATE"})
 
 # Envoy's HTTP/1 codec stores Host as :authority, so REQ(HOST) and REQ(:AUTHORITY) are one header.
+# Values are bytes or None; "$h(name)" is the header's value from the one scan of the list.
 _REQ_PSEUDO: Final = {
     ":method": "i.method or None",
     ":path": "i.path or None",
     ":authority": "i.authority or None",
     "host": "i.authority or None",
     # Envoy's HTTP/1 :scheme is the sanitized x-forwarded-proto, which udsproxy always sets
-    ":scheme": "rq.get(b'x-forwarded-proto') or b'http'",
+    ":scheme": "$h(x-forwarded-proto) or b'http'",
 }
 _RESP_PSEUDO: Final = {":status": "b'%d' % i.response_code if i.response_code else None"}
+_HEADER_REF = re.compile(r"\$h\(([^)]*)\)")
 # Envoy keeps these as one inline header and joins repeats with ","; other repeats log the first.
 _JOINED: Final = frozenset(
     {
@@ -294,6 +326,34 @@ def _bv(s: str) -> str:
     return s.encode("utf-8", "surrogateescape").decode("latin-1")
 
 
+class _Utf8(dict[object, bytes]):
+    """str -> UTF-8 bytes and int -> decimal bytes, memoized: the str fields a line prints
+    (protocol, upstream host, cluster, flags) take few values. Bounded: cleared when large."""
+
+    def __missing__(self, key: object) -> bytes:
+        if len(self) >= 4096:
+            self.clear()
+        value = (
+            key.encode("utf-8", "surrogateescape")
+            if isinstance(key, str)
+            else b"%d" % cast(int, key)
+        )
+        self[key] = value
+        return value
+
+
+class _Flags(dict[int, bytes]):
+    def __init__(self, render: Callable[[int], str]) -> None:
+        super().__init__()
+        self._render = render
+
+    def __missing__(self, bits: int) -> bytes:
+        if len(self) >= 4096:
+            self.clear()
+        value = self[bits] = self._render(bits).encode()
+        return value
+
+
 @functools.lru_cache(maxsize=256)  # a handful of upstream hosts
 def _split_host(host: str) -> tuple[str, int | str]:
     if host[:1] in ("/", "@") or ":" not in host or (host[0] != "[" and host.count(":") > 1):
@@ -302,40 +362,42 @@ def _split_host(host: str) -> tuple[str, int | str]:
     return addr.strip("[]"), int(port) if port.isdigit() else ""
 
 
-def _header_dict(headers: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
-    """Slow path for repeated names: Envoy logs the first, or the ","-join for inline headers."""
-    out: dict[bytes, bytes] = {}
-    for name, value in headers:
-        if name not in out:
-            out[name] = value
-        elif name in _JOINED:
-            out[name] += b"," + value
-    return out
-
-
 _HELPERS: Final[dict[str, object]] = {
     "_flags": render_flags,
     "_flags_long": render_flags_long,
+    "_fb": _Flags(render_flags),
+    "_fbl": _Flags(render_flags_long),
+    "_u8": _Utf8(),
     "_bv": _bv,
+    "_tick": _tick,
+    "_msz": _MS_Z_BYTES,
     "_js": encode_basestring,  # C-accelerated, keeps bytes >= 0x80 raw like Envoy
     "_now": time.monotonic,
     "_split_host": _split_host,
-    "_header_dict": _header_dict,
     "_ws": functools.partial(_WHITESPACE.sub, "_"),
 }
+# Operators rendered natively as bytes; any other goes through its str code and ``_u8``.
+_INT_FIELDS: Final = frozenset(
+    k for k, (kind, nullable, _code) in _FIELDS.items() if kind == _INT and not nullable
+)
 
 
 # -- code generation --------------------------------------------------------------------------
 
 
 class _Gen:
-    """Collects the statements and constants of one generated ``_render(i)`` function."""
+    """Collects the statements and constants of one generated ``_render(i)`` function.
 
-    def __init__(self, empty: str) -> None:
+    ``binary``: operator values are bytes (or ints for %d) for a bytes %-template; otherwise
+    byte-view str (or ints) for f-strings and JSON."""
+
+    def __init__(self, empty: str, *, binary: bool = False) -> None:
         self.ns: dict[str, object] = dict(_HELPERS)
         self.body: list[str] = []
         self.empty = empty  # what text shows for an unset value: "-", or "" with omit_empty_values
-        self.uses: set[str] = set()  # "rq" / "rs": header dicts the body reads
+        self.binary = binary
+        # header name -> local holding its value, per list ("rq"/"rs"); filled by one scan
+        self.headers: dict[str, dict[bytes, str]] = {"rq": {}, "rs": {}}
         self.sort_keys = True
         self._count = 0
 
@@ -349,7 +411,18 @@ class _Gen:
         return name
 
     def emit(self, code: str, var: str, unset: str) -> None:
-        self.body.extend(code.replace("$v", var).replace("$d", unset).split("\n"))
+        for line in code.replace("$v", var).replace("$d", unset).split("\n"):
+            if line == "$BV":
+                if self.binary:
+                    continue
+                line = _BV_STR.replace("$v", var)
+            self.body.append(line)
+
+    def header_var(self, src: str, name: bytes) -> str:
+        slots = self.headers[src]
+        if name not in slots:
+            slots[name] = self.name(f"{src}_")
+        return slots[name]
 
     def op(self, cmd: _Command, where: str, unset: str) -> tuple[str, str, bool]:
         """Emit code putting one operator's value (str or int) in a new local, or ``unset`` (an
@@ -390,6 +463,43 @@ class _Gen:
             raise FormatError(f"{where}: unknown command operator %{name}% at position {cmd.pos}")
         return var, _STR, True
 
+    def op_bytes(self, cmd: _Command, where: str) -> tuple[str, str]:
+        """Emit code putting one operator's value in a new local: bytes, or an int where the
+        template says %d. Returns (local, "%b" or "%d")."""
+        unset = repr(self.empty.encode())
+        name = cmd.name
+        if name in _INT_FIELDS:
+            return self.op(cmd, where, unset)[0], "%d"
+        var = self.name("v")
+        if name in ("REQ", "RESP", "TRAILER"):
+            self._header(cmd, var, where, unset)
+        elif name == "START_TIME":
+            _check(cmd, where, params="optional")
+            if cmd.arg:  # a byte view: config text is UTF-8 already
+                fn = self.const(_start_time(cmd.arg, where))
+                self.emit(f"$v = {fn}(i.start_time).encode('latin-1')", var, unset)
+            else:
+                cache = self.const([(-1, b"")])
+                self.emit(_START_TIME_BYTES.replace("$C", cache), var, unset)
+        elif name in ("RESPONSE_FLAGS", "RESPONSE_FLAGS_LONG"):
+            _check(cmd, where)
+            table = "_fb" if name == "RESPONSE_FLAGS" else "_fbl"
+            self.emit(f"$v = {table}[i.response_flags]", var, unset)
+        elif name == "LOCAL_REPLY_BODY":
+            _check(cmd, where)
+            self.emit("$v = getattr(i, 'local_reply_body', b'')", var, unset)
+        elif name == "HOSTNAME":
+            _check(cmd, where)
+            try:
+                host = self.const(socket.gethostname().encode("utf-8", "surrogateescape"))
+            except OSError:
+                host = unset
+            self.emit(f"$v = {host}", var, unset)
+        else:  # the str code (no byte view), then its UTF-8 bytes
+            raw = self.op(cmd, where, "None")[0]
+            self.emit(f"$v = {unset} if {raw} is None else _u8[{raw}]", var, unset)
+        return var, "%b"
+
     def _header(self, cmd: _Command, var: str, where: str, unset: str) -> None:
         _check(cmd, where, params="required", length=True)
         names = cmd.arg.lower().split("?")
@@ -402,18 +512,18 @@ class _Gen:
             return
         pseudo, src = (_REQ_PSEUDO, "rq") if cmd.name == "REQ" else (_RESP_PSEUDO, "rs")
         for n, name in enumerate(names):
-            if (lookup := pseudo.get(name)) is not None:
-                if "rq." in lookup:
-                    self.uses.add("rq")
-            else:
-                if name.startswith(":"):
-                    lookup = "None"
-                else:
-                    self.uses.add(src)
-                    lookup = f"{src}.get({self.const(name.encode())})"
+            if (lookup := pseudo.get(name)) is None:
+                lookup = "None" if name.startswith(":") else f"$h({name})"
+            lookup = _HEADER_REF.sub(lambda m: self.header_var(src, m[1].encode()), lookup)
             self.emit(f"$v = {lookup}" if n == 0 else f"if $v is None: $v = {lookup}", var, unset)
         cut = "" if cmd.length is None else f"[:{cmd.length}]"
-        self.emit(f"$v = $d if $v is None else $v{cut}.decode('latin-1')", var, unset)
+        if self.binary:
+            if cut:
+                self.emit(f"$v = $d if $v is None else $v{cut}", var, unset)
+            else:
+                self.emit("if $v is None: $v = $d", var, unset)
+        else:
+            self.emit(f"$v = $d if $v is None else $v{cut}.decode('latin-1')", var, unset)
 
     def text(self, pieces: list[str | _Command], where: str) -> str:
         """Emit the operators of a format; return an expression for the whole text."""
@@ -426,16 +536,54 @@ class _Gen:
                 parts.append(f"f'{{{var}}}'")  # adjacent literals: Python joins them when compiling
         return "(" + " ".join(parts) + ")" if parts else "''"
 
-    def build(self, result: str) -> Formatter:
-        head = ["def _render(i):"]
+    def template(self, pieces: list[str | _Command], where: str) -> str:
+        """Emit the operators of a text format as bytes; return an expression for the line."""
+        template: list[bytes] = []
+        args: list[str] = []
+        for piece in pieces:
+            if isinstance(piece, str):
+                template.append(piece.encode("utf-8", "surrogateescape").replace(b"%", b"%%"))
+            else:
+                var, conv = self.op_bytes(piece, where)
+                template.append(conv.encode())
+                args.append(var)
+        if not args:
+            return repr(b"".join(template).replace(b"%%", b"%"))
+        return f"{self.const(b''.join(template))} % ({', '.join(args)},)"
+
+    def _scans(self) -> list[str]:
+        """One pass over each header list the format reads: first value of each name, or the
+        ","-join of repeats for Envoy's inline headers. Cheaper than a dict of every header."""
+        out: list[str] = []
         for src, field in (("rq", "request_headers"), ("rs", "response_headers")):
-            if src in self.uses:  # dict() is C-speed; repeated names take the slow path
-                head.append(f"    h = i.{field}\n    {src} = dict(h)")
-                head.append(f"    if len({src}) != len(h): {src} = _header_dict(h)")
-        lines = head + ["    " + line for line in self.body] + [f"    return {result}"]
+            slots = self.headers[src]
+            if not slots:
+                continue
+            out.append(" = ".join([*slots.values(), "None"]))
+            out.append(f"for n, h in i.{field}:")
+            out.append(f"    if n in {self.const(frozenset(slots))}:")
+            for k, (name, var) in enumerate(slots.items()):
+                out.append(f"        {'if' if k == 0 else 'elif'} n == {name!r}:")
+                out.append(f"            if {var} is None: {var} = h")
+                if name in _JOINED:
+                    out.append(f"            else: {var} += b',' + h")
+        return out
+
+    def build(self, result: str) -> Formatter:
+        body = ["    " + line for line in [*self._scans(), *self.body, f"return {result}"]]
+        if self.binary:  # the byte view of the same line, for callers that want str
+            lines = ["def _render(i):", *body, "def _format(i):"]
+            lines.append("    return _render(i).decode('latin-1')")
+        else:  # json_format: built as a byte view, encoded once
+            lines = ["def _format(i):", *body, "def _render(i):"]
+            lines.append("    return _format(i).encode('latin-1')")
         source = "\n".join(lines) + "\n"
         exec(compile(source, "<udsproxy access log format>", "exec"), self.ns)
-        return Formatter(cast(Callable[[StreamInfo], str], self.ns["_render"]), source)
+        return Formatter(
+            cast(Callable[[StreamInfo], bytes], self.ns["_render"]),
+            cast(Callable[[StreamInfo], str], self.ns["_format"]),
+            source,
+        )
 
 
 def command_names(fmt: str, where: str = "format") -> list[str]:
@@ -457,8 +605,8 @@ def compile_text(
 ) -> Formatter:
     """Compile an Envoy text format (a ``text_format_source`` string, usually "\\n"-terminated).
     ``where`` starts the error messages."""
-    g = _Gen("" if omit_empty_values else "-")
-    return g.build(g.text(_parse(fmt, where), where))
+    g = _Gen("" if omit_empty_values else "-", binary=True)
+    return g.build(g.template(_parse(fmt, where), where))
 
 
 # -- json_format ------------------------------------------------------------------------------

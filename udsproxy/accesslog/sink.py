@@ -11,7 +11,6 @@ the file: lines queued before it go to the old file, later ones to the new; none
 
 from __future__ import annotations
 
-import codecs
 import logging
 import os
 import select
@@ -32,15 +31,6 @@ _STD_FDS = {"/dev/stdout": 1, "/dev/stderr": 2}
 _PIPE_BUF = select.PIPE_BUF  # writes up to this size are atomic on a pipe
 
 
-def _utf8_fallback(err: UnicodeError) -> tuple[bytes, int]:
-    # Formatter output is a byte view (chars < 256 = bytes). A str from elsewhere may hold more;
-    # those characters are written as UTF-8 rather than failing the whole batch.
-    if not isinstance(err, UnicodeEncodeError):
-        raise err
-    return err.object[err.start : err.end].encode(), err.end
-
-
-codecs.register_error("udsproxy.utf8", _utf8_fallback)
 # Every live sink, so that a forked child can drop the parent's buffer, locks and thread.
 _sinks: weakref.WeakSet[FileSink] = weakref.WeakSet()
 
@@ -89,7 +79,7 @@ class FileSink:
         self._lock = threading.Lock()  # guards the buffer and the counters
         self._io_lock = threading.Lock()  # one batch at a time, in order
         self._wake = threading.Event()
-        self._lines: list[str] = []
+        self._lines: list[bytes] = []
         self._nlines = 0  # lines in _lines (an entry may hold several)
         self._queued = 0  # bytes in _lines
         self._pending = 0  # bytes queued or being written: what max_buffer_bytes bounds
@@ -97,7 +87,7 @@ class FileSink:
         self._reopen = False  # the writer thread reopens the path after its current batch
         self._thread: threading.Thread | None = None
 
-    def write(self, text: str, lines: int = 1) -> None:
+    def write(self, text: bytes, lines: int = 1) -> None:
         """Queue ``lines`` whole lines (each with its newline). Drops them, counted, if the
         buffer is full."""
         n = len(text)
@@ -183,10 +173,10 @@ class FileSink:
             if self._reopen:
                 self._reopen_fd()
 
-    def _write_batch(self, lines: list[str], nlines: int, nbytes: int) -> None:
+    def _write_batch(self, lines: list[bytes], nlines: int, nbytes: int) -> None:
         ok = False
         try:
-            self._write_all("".join(lines).encode("latin-1", "udsproxy.utf8"))
+            self._write_all(b"".join(lines))
             ok = True
         except OSError as e:
             _log.warning("access log %s: %d lines lost: %s", self.path, nlines, e)
@@ -315,7 +305,7 @@ class AccessLogger:
     def __init__(self, formatter: Formatter, sink: FileSink) -> None:
         self.formatter = formatter
         self.sink = sink
-        self._format = formatter.format  # bound once: log() runs for every request
+        self._format = formatter.render  # bound once: log() runs for every request
         self._write = sink.write
         self.errors = 0
 
@@ -331,7 +321,7 @@ class AccessLogger:
         """Several finished requests, formatted in one pass and queued as one write."""
         fmt = self._format
         try:
-            text = "".join([fmt(info) for info in infos])
+            text = b"".join([fmt(info) for info in infos])
         except Exception:  # find the one that fails, keep the others
             for info in infos:
                 self.log(info)
