@@ -28,6 +28,8 @@ class HostDescription(Protocol):
 
     rq_timeout: int
 
+    def auto_host(self) -> bytes | None: ...
+
 
 class Peer:
     """A socket address as Envoy prints it: ``ip:port``, ``[v6]:port``, or a pipe path."""

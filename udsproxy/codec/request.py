@@ -12,9 +12,10 @@ same buffer is never forwarded.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 from udsproxy.codec import http1
 from udsproxy.codec.http1 import AUTHORITY_TABLE, SPECIAL_REQUEST_HEADERS, LocalReply
@@ -30,6 +31,9 @@ __all__ = [
 _CONNECTION_KEEP = (b"close", b"keep-alive", b"upgrade", b"")
 
 
+# Interpreted subclasses allowed (tests record messages with one); measured free for the native
+# ones (callgrind, compiled build: 104.2k -> 103.0k instructions per small GET)
+@mypyc_attr(allow_interpreted_subclasses=True)
 class RequestHead:
     """One request as the codec saw it. The data path's stream extends it (and the access log's
     record, ``StreamInfo``, is one too): one object per request."""
@@ -156,7 +160,8 @@ class RequestHead:
         if url[:7].lower() != b"http://" and url[:8].lower() != b"https://":
             return http1.BAD_REQUEST
         try:
-            parsed = httptools.parse_url(url)
+            # Any: httptools' stubs say bytes where it gives None (a compiled build checks)
+            parsed: Any = httptools.parse_url(url)
         except httptools.HttpParserInvalidURLError:
             return http1.BAD_REQUEST
         if not parsed.host:

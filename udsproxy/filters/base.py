@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from udsproxy.codec import http1
+from udsproxy.filters.callbacks import BodyCoder, FilterCallbacks
 from udsproxy.headermatch import header_value
-from udsproxy.streaminfo import StreamInfo
 
 if TYPE_CHECKING:
     import asyncio
@@ -50,57 +50,6 @@ Headers = list[tuple[bytes, bytes]]
 
 _rng = random.Random(os.urandom(16))
 randrange = _rng.randrange
-
-
-class _Listener(Protocol):
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop: ...
-
-    @property
-    def buffer_limit(self) -> int: ...
-
-
-class _Connection(Protocol):
-    body_buffered: int
-
-
-class FilterCallbacks(StreamInfo):
-    """What the filters see of a stream (Envoy's filter callbacks): the request and its
-    record, its body coders and held body, and the two ways to act (answer it, or let it go
-    on). The data path's stream implements it."""
-
-    # slots the filters set; the stream's __init__ fills them
-    __slots__ = (
-        "body",
-        "body_size",
-        "conn",
-        "ctx",
-        "done",
-        "filter_state",
-        "req_coder",
-        "resp_coder",
-    )
-
-    ctx: _Listener
-    conn: _Connection
-    done: bool
-    filter_state: FilterState | None
-    req_coder: BodyCoder | None
-    resp_coder: BodyCoder | None
-    body: list[bytes]
-    body_size: int
-
-    @property
-    def upstream_chunked(self) -> bool:
-        raise NotImplementedError
-
-    def send_local_reply(
-        self, reply: http1.LocalReply, headers: Sequence[tuple[bytes, bytes]] = ()
-    ) -> None:
-        raise NotImplementedError
-
-    def resume(self, route: CompiledRoute | None) -> None:
-        raise NotImplementedError
 
 
 class Runtime(Protocol):
@@ -173,18 +122,6 @@ class Encoder(Protocol):
     def encode_headers(self, s: FilterCallbacks, code: int, headers: Headers, length: int) -> int:
         """Edit ``headers`` in place; return the content length to announce (-1: none)."""
         ...
-
-
-class BodyCoder(Protocol):
-    """Transforms a body as it streams (compress/decompress); output may be empty. ``encode``
-    returns the first piece of what ``data`` makes, ``more`` the next ones until b"" (a
-    decompressor's pieces are bounded by the buffer limit)."""
-
-    def encode(self, data: bytes | memoryview) -> bytes: ...
-
-    def more(self) -> bytes: ...
-
-    def finish(self) -> bytes: ...
 
 
 class HttpFilter:
@@ -260,6 +197,7 @@ def state_of(s: FilterCallbacks) -> FilterState:
     state = s.filter_state
     if state is None:
         state = s.filter_state = FilterState()
+    assert isinstance(state, FilterState)
     return state
 
 
@@ -306,7 +244,7 @@ class FilterChain:
             state = state_of(s)
             state.route = route
             state.index = i
-            state.timer = s.ctx.loop.call_later(out.seconds, self._wake, s, state)
+            state.timer = s.loop.call_later(out.seconds, self._wake, s, state)
         return True
 
     def _wake(self, s: FilterCallbacks, state: FilterState) -> None:

@@ -66,7 +66,7 @@ class _Response:
             return length
         _strip_gzip(headers, at)
         f.response_stats["decompressed"] += 1
-        s.resp_coder = GzipDecompressor(f.config.library, f.response_stats, s.ctx.buffer_limit)
+        s.resp_coder = GzipDecompressor(f.config.library, f.response_stats, s.buffer_limit)
         return -1
 
 
@@ -112,16 +112,13 @@ class DecompressorFilter(HttpFilter):
             return
         _strip_gzip(headers, at)
         stats["decompressed"] += 1
-        coder = GzipDecompressor(self.config.library, stats, s.ctx.buffer_limit)
+        coder = GzipDecompressor(self.config.library, stats, s.buffer_limit)
         s.req_chunked = True  # the length changes: chunked upstream (and never spliced)
         if s.body:
             # What arrived before the stream started (a pipelined request): it stays compressed
             # in the coder and is inflated a piece at a time as the upstream takes it.
-            for chunk in s.body:
+            for chunk in s.take_held_body():
                 coder.feed(chunk)
-            s.conn.body_buffered -= s.body_size
-            s.body = []
-            s.body_size = 0
         s.req_coder = coder
 
 

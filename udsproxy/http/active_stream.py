@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from udsproxy.codec import http1
 from udsproxy.codec.encode import CRLF, LAST_CHUNK, chunk_head, header_block, response_head
-from udsproxy.filters.base import FilterCallbacks
+from udsproxy.filters.callbacks import FilterCallbacks
 from udsproxy.flags import ResponseFlag
 from udsproxy.http.header_mutation import mutate_request_headers
 from udsproxy.http.read_gate import BLOCK_BODY_BUFFER, BLOCK_SPLICE, BLOCK_UPSTREAM_WRITE
@@ -28,12 +28,10 @@ from udsproxy.upstream.connection import BLOCK_CLIENT_WRITE
 from udsproxy.upstream.connection import BLOCK_SPLICE as UPSTREAM_BLOCK_SPLICE
 
 if TYPE_CHECKING:
-    from udsproxy.filters.base import BodyCoder, FilterState
     from udsproxy.http.conn_manager import ListenerContext
     from udsproxy.pathnorm import PathNormalizer
     from udsproxy.router.routes import CompiledRoute
     from udsproxy.streaminfo import Peer
-    from udsproxy.upstream.cluster import Host
     from udsproxy.upstream.connection import UpstreamConnection
 
 __all__ = ["ActiveStream", "DownstreamLike", "RouterLike", "UpstreamHandle"]
@@ -119,6 +117,8 @@ class ActiveStream(FilterCallbacks):
     __slots__ = (
         "chunked_out",
         "close_after",
+        "conn",
+        "ctx",
         "deadline",
         "error",
         "head",
@@ -133,15 +133,11 @@ class ActiveStream(FilterCallbacks):
         "upstream",
     )
 
-    host: Host | None  # StreamInfo's, with its concrete type
-    ctx: ListenerContext
-    conn: DownstreamLike
-
     def __init__(self, ctx: ListenerContext, conn: DownstreamLike, router: RouterLike) -> None:
         FilterCallbacks.__init__(self, time.time(), time.monotonic())
-        self.ctx = ctx
+        self.ctx: ListenerContext = ctx
         self.router = router
-        self.conn = conn
+        self.conn: DownstreamLike = conn
         self.connection_id = conn.conn_id
         self.downstream_remote = self.downstream_direct_remote = conn.peer
         self.downstream_local = conn.local
@@ -154,9 +150,9 @@ class ActiveStream(FilterCallbacks):
         # proxying state
         self.route: CompiledRoute | None = None
         # http filters (udsproxy.filters): None unless the listener has some and they act
-        self.filter_state: FilterState | None = None
-        self.req_coder: BodyCoder | None = None  # request body decompression
-        self.resp_coder: BodyCoder | None = None  # response body (de)compression
+        self.filter_state = None
+        self.req_coder = None  # request body decompression
+        self.resp_coder = None  # response body (de)compression
         self.upstream: UpstreamHandle | None = None  # the try in flight
         self.head = b""
         self.deadline = 0.0
@@ -317,6 +313,21 @@ class ActiveStream(FilterCallbacks):
             ctx.xff_num_trusted_hops,
             ctx.generate_request_id,
         )
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self.ctx.loop
+
+    @property
+    def buffer_limit(self) -> int:
+        return self.ctx.buffer_limit
+
+    def take_held_body(self) -> list[bytes]:
+        body = self.body
+        self.conn.body_buffered -= self.body_size
+        self.body = []
+        self.body_size = 0
+        return body
 
     @property
     def upstream_chunked(self) -> bool:

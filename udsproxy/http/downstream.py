@@ -128,7 +128,7 @@ class DownstreamConnection(asyncio.Protocol):
         hs.downstream_cx_http1_active += 1
         ls.downstream_cx_total += 1
         ls.downstream_cx_active += 1
-        self._arm(self.last_io + ctx.idle_timeout if ctx.idle_timeout else 0.0)
+        self.arm(self.last_io + ctx.idle_timeout if ctx.idle_timeout else 0.0)
 
     def data_received(self, data: bytes) -> None:
         self.last_io = self.loop.time()
@@ -337,7 +337,7 @@ class DownstreamConnection(asyncio.Protocol):
         if cur is not None and not cur.deadline and self.ctx.request_timeout:
             # a request pipelined behind this one: its request_timeout starts now
             cur.deadline = self.loop.time() + self.ctx.request_timeout
-            self._arm(cur.deadline)
+            self.arm(cur.deadline)
         if close:
             # a delayed close only where request bytes may be left unread
             codec = self.codec
@@ -359,7 +359,7 @@ class DownstreamConnection(asyncio.Protocol):
         else:
             self.last_io = self.loop.time()
             if self.ctx.idle_timeout:
-                self._arm(self.last_io + self.ctx.idle_timeout)
+                self.arm(self.last_io + self.ctx.idle_timeout)
 
     def start_tunnel(self, s: Stream) -> None:
         self.tunnel = s
@@ -426,7 +426,7 @@ class DownstreamConnection(asyncio.Protocol):
             return  # a request is arriving: answered with connection: close, or timed out
         quiet_at = self.last_io + _DRAIN_GRACE
         if quiet_at > self.loop.time():
-            self._arm(quiet_at)
+            self.arm(quiet_at)
         else:
             self.close()
 
@@ -458,7 +458,7 @@ class DownstreamConnection(asyncio.Protocol):
             self._resume(bit)
 
     # -- timers: one handle per connection, re-armed lazily ------------------------------------
-    def _arm(self, when: float) -> None:
+    def arm(self, when: float) -> None:
         if when <= 0:
             return
         timer = self._timer
@@ -468,8 +468,6 @@ class DownstreamConnection(asyncio.Protocol):
             timer.cancel()
         self._timer_when = when
         self._timer = self.loop.call_at(when, self._on_timer)
-
-    arm = _arm  # the public name; no extra call on the hot path
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -481,7 +479,7 @@ class DownstreamConnection(asyncio.Protocol):
         if s is not None:
             nxt = s.check_timeouts(now)
             if nxt > 0 and not self.closed:
-                self._arm(nxt)
+                self.arm(nxt)
             return
         if self.queue:
             return
@@ -498,11 +496,11 @@ class DownstreamConnection(asyncio.Protocol):
                 if self.active is None and self.queue:
                     self._start_next()
                 return
-            self._arm(cur.deadline)
+            self.arm(cur.deadline)
         if ctx.idle_timeout:
             deadline = self.last_io + ctx.idle_timeout
             if deadline <= now:
                 ctx.http_stats.downstream_cx_idle_timeout += 1
                 self.close()
             else:
-                self._arm(deadline)
+                self.arm(deadline)
