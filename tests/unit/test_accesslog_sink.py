@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from udsproxy.accesslog import sink as sink_module
 from udsproxy.accesslog.formatter import FormatError, compile_text
 from udsproxy.accesslog.sink import AccessLogger, FileSink, SinkRegistry, build_access_loggers
 from udsproxy.config.schema import AccessLog
@@ -75,9 +76,40 @@ def test_flush_by_size(log_path: Path, sinks: list[FileSink]) -> None:
         s.write(LINE)  # 90 bytes: below the threshold
     time.sleep(0.05)
     assert log_path.read_bytes() == b""
-    s.write(LINE)  # 120 bytes: the writer thread is woken
-    assert wait_for(lambda: log_path.read_bytes() == LINE * 4)
-    assert wait_for(lambda: s.written_lines == 4)  # counted just after the write
+    s.write(LINE)  # 120 bytes: a regular file's batch is written by the caller, at once
+    assert log_path.read_bytes() == LINE * 4
+    assert s.written_lines == 4 and s.direct
+
+
+def test_a_pipes_full_batch_goes_to_the_writer_thread(
+    tmp_path: Path, sinks: list[FileSink]
+) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    s = make(sinks, fifo, flush_interval=60, flush_bytes=100)
+    assert not s.direct  # a pipe nobody reads would block the caller
+    for _ in range(4):
+        s.write(LINE)
+    assert wait_for(lambda: s.written_lines == 4)
+    assert os.read(reader, 1000) == LINE * 4
+    os.close(reader)
+
+
+def test_slow_writes_send_the_file_to_the_writer_thread(
+    log_path: Path, sinks: list[FileSink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = iter(range(0, 1000, 1))  # one second per reading: every write looks slow
+    monkeypatch.setattr(sink_module, "_clock", lambda: next(clock))
+    s = make(sinks, log_path, flush_interval=60, flush_bytes=30)
+    for n in range(1, sink_module._SLOW_WRITES + 1):
+        assert s.direct
+        s.write(LINE)  # a full batch: written here, and found slow
+        assert s.written_lines == n
+    assert not s.direct
+    s.write(LINE)  # now queued for the thread
+    assert wait_for(lambda: s.written_lines == sink_module._SLOW_WRITES + 1)
+    assert log_path.read_bytes() == LINE * (sink_module._SLOW_WRITES + 1)
 
 
 def test_flush_by_interval(log_path: Path, sinks: list[FileSink]) -> None:
