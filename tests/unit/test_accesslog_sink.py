@@ -185,10 +185,11 @@ def test_logger_writes_the_formatters_bytes(log_path: Path, sinks: list[FileSink
     info = StreamInfo(0.0, 0.0)
     info.request_headers = [(b"user-agent", b"caf\xc3\xa9 \xff")]
     logger.log(info)
+    logger.log_batch([info])
     logger.log_batch([info, info])
     logger.sink.flush()
-    assert log_path.read_bytes() == (b"caf\xc3\xa9 \xff " + "é".encode() + b"\n") * 3
-    assert logger.sink.written_lines == 3
+    assert log_path.read_bytes() == (b"caf\xc3\xa9 \xff " + "é".encode() + b"\n") * 4
+    assert logger.sink.written_lines == 4
 
 
 def test_pipe_writes_keep_lines_whole(

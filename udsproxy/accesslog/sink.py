@@ -377,7 +377,8 @@ class AccessLogger:
         """Several finished requests, formatted in one pass and queued as one write."""
         fmt = self._format
         try:
-            text = b"".join([fmt(info) for info in infos])
+            # one request per loop iteration is common: skip the list and the join
+            text = fmt(infos[0]) if len(infos) == 1 else b"".join([fmt(info) for info in infos])
         except Exception:  # find the one that fails, keep the others
             for info in infos:
                 self.log(info)
