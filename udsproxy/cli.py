@@ -18,6 +18,16 @@ __all__ = ["main"]
 _LEVELS = ("trace", "debug", "info", "warning", "warn", "error", "critical", "off")
 
 
+class _Version(argparse.Action):
+    """--version, with the form that runs: pure Python or compiled (udsproxy.native)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from udsproxy.native import describe
+
+        print(f"udsproxy {__version__} {describe()}")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="udsproxy",
@@ -64,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not count per-request stats (to measure what counting costs)",
     )
-    p.add_argument("--version", action="version", version=f"udsproxy {__version__}")
+    p.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     add_envoy_flags(p)
     return p
 
@@ -136,8 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "validate":
         print(f"configuration '{name}' OK")
         return 0
+    from udsproxy.native import stale_modules
     from udsproxy.server import DEFAULT_SPLICE_MIN_BYTES
     from udsproxy.supervisor import run_workers, serve
+
+    for module in stale_modules():
+        print(
+            f"udsproxy: warning: {module} runs compiled from an older source: rebuild "
+            "(bash scripts/build-native) or remove the build (--clean)",
+            file=sys.stderr,
+        )
 
     splice = DEFAULT_SPLICE_MIN_BYTES if args.splice_min_bytes is None else args.splice_min_bytes
     from udsproxy.cpus import usable_cpus
