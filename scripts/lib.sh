@@ -86,8 +86,8 @@ ensure_venv() {
     stamp="$VENV/.udsproxy-installed"
     want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
     have="$(cat "$stamp" 2>/dev/null || true)"
-    # A dev install also satisfies a plain one.
-    if [ "$have" = "$want-$extras" ] || { [ -z "$extras" ] && [ "$have" = "$want-dev" ]; }; then
+    # A dev install also satisfies a plain one and a native one (dev has mypy too).
+    if [ "$have" = "$want-$extras" ] || { [ "$extras" != dev ] && [ "$have" = "$want-dev" ]; }; then
         if "$VENV/bin/python" -c 'import udsproxy' >/dev/null 2>&1; then
             warm_api_table
             return 0
@@ -110,4 +110,76 @@ warm_api_table() {
         || warn "no cached Envoy API table: udsproxy will start slower (about 1 s)"
     "$VENV/bin/python" -m compileall -q --invalidation-mode checked-hash "$ROOT/udsproxy" \
         >/dev/null || warn "could not compile udsproxy's bytecode"
+}
+
+# The compiled form (issue 10): a copy of the tree in build/native whose udsproxy.native.MODULES
+# are compiled with mypyc. The working tree itself stays pure Python: a compiled module beside
+# its .py shadows it, so an edit there would silently not run. Run the compiled form with
+# PYTHONPATH="$NATIVE" (scripts/demo and scripts/test do); `scripts/build-native --clean`.
+NATIVE="$ROOT/build/native"
+
+# ensure_compiler: gcc and the venv's Python headers, which mypyc's C needs (Debian: gcc,
+# libc6-dev, python3.X-dev; a pyenv or python.org build ships its headers).
+ensure_compiler() {
+    local missing=() inc ver
+    command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+    inc="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+    ver="$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+    [ -f "$inc/Python.h" ] || missing+=("python$ver-dev")
+    [ ${#missing[@]} -gt 0 ] || return 0
+    can_apt || { warn "missing ${missing[*]} and no apt-get as root"; return 1; }
+    log "apt-get install ${missing[*]} (to compile with mypyc)"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+        || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends \
+            "${missing[@]}" >/dev/null; } || { warn "apt-get install ${missing[*]} failed"; return 1; }
+}
+
+# _tree_files: the tree's files, tracked or new, without what .gitignore leaves out
+_tree_files() {
+    if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+        git -C "$ROOT" ls-files -z --cached --others --exclude-standard
+    else
+        (cd "$ROOT" && find . -path ./.git -prune -o -path ./build -prune -o -path ./.venv -prune \
+            -o -name __pycache__ -prune -o \( -type f -o -type l \) -print0)
+    fi
+}
+
+# build_native: (re)build $NATIVE from the working tree as it is now, uncommitted edits
+# included. Skipped when no file changed since the last build (a stamp of every file's hash);
+# mypyc's C and objects are kept between builds, so a rebuild recompiles only what changed.
+build_native() {
+    local want have files version
+    ensure_compiler || return 1
+    files="$(mktemp)"
+    _tree_files | grep -zv '^udsproxy/_native_build.py$' >"$files"
+    want="$( (cd "$ROOT" && xargs -0 sha256sum <"$files" 2>/dev/null \
+        && "$VENV/bin/python" -m mypy --version) | sha256sum | cut -d' ' -f1)"
+    have="$(cat "$NATIVE/.stamp" 2>/dev/null || true)"
+    if [ "$want" = "$have" ] && [ -d "$NATIVE/udsproxy" ]; then
+        rm -f "$files"
+        return 0
+    fi
+    log "mypyc: compiling udsproxy.native.MODULES into $NATIVE"
+    mkdir -p "$NATIVE"
+    rm -f "$NATIVE/.stamp"
+    # a fresh copy of the sources; mypyc's build/ and .mypy_cache/ stay for the next build
+    find "$NATIVE" -mindepth 1 -maxdepth 1 ! -name build ! -name .mypy_cache -exec rm -rf {} +
+    (cd "$ROOT" && tar --null -T "$files" -cf -) | tar -C "$NATIVE" -xf -
+    rm -f "$files"
+    [ ! -d "$ROOT/udsproxy/_cache" ] || cp -a "$ROOT/udsproxy/_cache" "$NATIVE/udsproxy/"
+    ln -sfn "$VENV" "$NATIVE/.venv"  # tests that run .venv/bin/udsproxy find it in the copy too
+    (cd "$NATIVE" && UDSPROXY_MYPYC=1 "$VENV/bin/python" setup.py -q build_ext --inplace \
+        -j "$(nproc)" >build.log 2>&1) || {
+        tail -n 30 "$NATIVE/build.log" >&2
+        warn "mypyc build failed (all of it: $NATIVE/build.log)"
+        return 1
+    }
+    # from $NATIVE: `python -m` puts the working directory first on sys.path
+    version="$(cd "$NATIVE" && PYTHONPATH="$NATIVE" "$VENV/bin/python" -m udsproxy --version)"
+    log "$version"
+    case "$version" in
+        *"compiled with mypyc"*STALE* | *"pure Python"*) warn "not compiled: $version"; return 1 ;;
+    esac
+    echo "$want" >"$NATIVE/.stamp"
 }
