@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     meta: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),
         "machine": tools.machine(),
-        "versions": tools.versions(),
+        "versions": tools.versions(args.udsproxy_src),
         "pinning": pinning,
         "options": {
             "duration": args.duration,

@@ -113,7 +113,27 @@ def _run(argv: list[str]) -> str:
     return (out.stdout + out.stderr).strip()
 
 
-def versions() -> dict[str, str]:
+def udsproxy_form(src: Path | None = None) -> str:
+    """What `udsproxy --version` says of the udsproxy the harness runs: its version and whether
+    it is pure Python or compiled (``--udsproxy-src`` build/native is compiled)."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "udsproxy", "--version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+            cwd=str(src) if src is not None else "/",
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return out.removeprefix("udsproxy ") or "?"
+
+
+def versions(udsproxy_src: Path | None = None) -> dict[str, str]:
     v: dict[str, str] = {}
     if (nginx := which("nginx")) is not None:
         m = re.search(r"nginx/(\S+)", _run([nginx, "-v"]))
@@ -128,7 +148,8 @@ def versions() -> dict[str, str]:
         m = re.search(r"wrk (\S+)", _run([wrk, "-v"]))
         v["wrk"] = m.group(1) if m else "?"
     v["python"] = platform.python_version()
-    for mod in ("udsproxy", "uvloop", "httptools"):
+    v["udsproxy"] = udsproxy_form(udsproxy_src)
+    for mod in ("uvloop", "httptools"):
         try:
             from importlib.metadata import version
 
