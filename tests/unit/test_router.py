@@ -152,3 +152,27 @@ def test_expected_timeout_header_follows_the_route_timeout() -> None:
         ra is not None and ra.expected_timeout_header == b"x-envoy-expected-rq-timeout-ms: 2500\r\n"
     )
     assert rb is not None and rb.expected_timeout_header == b""
+
+
+def test_a_catch_all_table_answers_with_one_test() -> None:
+    r = router(("all", ("*",), (route("hugo", prefix="/"), route("never", prefix="/x"))))
+    assert r.catch_all is not None and r.catch_all.cluster == "hugo"
+    assert cluster_for(r, b"any.host", b"/x/y?q=1") == "hugo"  # the first route wins, as Envoy
+    assert cluster_for(r, b"", b"*") is None  # OPTIONS *: no prefix "/" matches it
+
+
+@pytest.mark.parametrize(
+    "vhosts",
+    [
+        (("all", ("*",), (route("api", prefix="/api"), route("hugo", prefix="/"))),),
+        (("all", ("*", "blog.example.com"), (route("hugo", prefix="/"),)),),
+        (
+            ("blog", ("blog.example.com",), (route("blog", prefix="/"),)),
+            ("all", ("*",), (route("hugo", prefix="/"),)),
+        ),
+    ],
+)
+def test_tables_that_need_matching_keep_it(vhosts) -> None:  # type: ignore[no-untyped-def]
+    r = router(*vhosts)
+    assert r.catch_all is None
+    assert cluster_for(r, b"blog.example.com", b"/api/1") in {"api", "blog", "hugo"}

@@ -236,6 +236,18 @@ class RouteTable:
         self._suffixes = sorted(suffixes, key=lambda s: -len(s[0]))
         self._prefixes = sorted(prefixes, key=lambda p: -len(p[0]))
         self._host_cache: dict[bytes, _VirtualHost | None] = {}
+        # The common table, one "*" virtual host whose first route is prefix "/": every origin-
+        # form path goes there whatever the Host, so a request costs this one test.
+        first = self._vhosts[0].matchers[:1] if len(self._vhosts) == 1 else ()
+        self.catch_all: CompiledRoute | None = None
+        if (
+            first
+            and self._default is self._vhosts[0]
+            and not (self._exact or suffixes or prefixes)
+            and first[0].kind == 0
+            and first[0].value == b"/"
+        ):
+            self.catch_all = first[0].route
 
     def routes(self) -> list[CompiledRoute]:
         """Every route, once (for what is compiled per route after the table, e.g. filters)."""
@@ -272,6 +284,8 @@ class RouteTable:
         return vh
 
     def match(self, authority: bytes, path: bytes) -> CompiledRoute | None:
+        if self.catch_all is not None and path[:1] == b"/":
+            return self.catch_all
         vh = self.virtual_host(authority)
         if vh is None:
             return None
