@@ -337,3 +337,42 @@ def test_an_idle_connection_that_closes_leaves_the_pool(pool):
     p.pool.release(c2)
     c1.close()  # the upstream closed it while idle
     assert list(p.pool.idle) == [c2] and p.pool.total == 1
+
+
+def test_a_draining_pool_still_serves_the_waiters_it_has(pool):
+    # a host retired (DNS) or a cluster replaced (reload) while a request waits for its connect
+    p = pool()
+    w = p.take()
+    p.pool.drain()
+    p.connect_ok()
+    assert w.conn is not None and not w.conn.closed
+    assert p.stats.upstream_rq_pending_active == 0
+    p.pool.release(w.conn)  # nobody waits now: draining closes it
+    assert w.conn.closed and not p.pool.idle
+
+
+def test_a_connect_failure_at_max_connections_starts_a_connect_for_the_next_waiter(pool):
+    p = pool(max_connections=1)
+    a, b = p.take(), p.take()
+    assert len(p.connects) == 1
+    p.connect_fail(ConnectionRefusedError(111, "refused"))
+    assert isinstance(a.exc, ConnectionRefusedError) and b.exc is None
+    assert len(p.connects) == 1  # b's own connect
+    p.connect_ok()
+    assert b.conn is not None
+
+
+def test_a_connection_closed_before_its_first_use_fails_the_waiter(pool):
+    p = pool()
+
+    async def closed_at_once() -> Conn:
+        c = Conn(p.pool)
+        c.closed = True  # the upstream accepted and closed (eof before any request)
+        return c
+
+    p.pool._connect = closed_at_once  # type: ignore[method-assign]
+    w = p.take()
+    with pytest.raises(StopIteration):
+        p.connects.pop(0).send(None)
+    assert isinstance(w.exc, ConnectionResetError)
+    assert p.stats.upstream_rq_pending_active == 0 and not p.pool.busy and not p.pool.connecting

@@ -119,16 +119,16 @@ class Router:
 
     def release(self, s: ActiveStream, upstream: UpstreamRequest, conn: UpstreamConnection) -> None:
         """The response is complete: the connection goes back to its pool, unless the request
-        body was not all sent (the connection is out of sync)."""
+        body was not all sent (the connection would be out of sync)."""
         host = upstream.host
         conn.done()
         max_rq = host.cluster.max_requests_per_connection
         if max_rq and conn.requests >= max_rq:
             host.cluster.stats.upstream_cx_max_requests += 1
-        if s.request_complete:
+        if s.request_complete and s.req_coder is None:
             host.pool.release(conn)
         else:
-            conn.close()
+            conn.close()  # the request was not all sent (a decompressor may still hold some)
 
     # -- failures: one path -------------------------------------------------------------------
     def on_connect_failure(

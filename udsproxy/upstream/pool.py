@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
+import os
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -137,11 +139,14 @@ class ConnPool:
     async def _open(self) -> None:
         try:
             conn = await self._connect()
+            if not conn.is_open():  # the upstream closed it before it could be used
+                raise ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
         except Exception as exc:  # any failure to connect fails a waiter, never hangs it
             self.connecting -= 1
             if self.pending:
                 self.stats.upstream_rq_pending_active -= 1
                 self.pending.popleft().on_pool_failure(exc)
+            self._replace()  # the other waiters, at max_connections, need a connect of their own
             return
         self.connecting -= 1
         self.busy.add(conn)
@@ -155,13 +160,16 @@ class ConnPool:
         """A connection is free again: the next waiter takes it, or it goes idle (or closes, if
         it cannot be reused)."""
         self.busy.discard(conn)
-        if not conn.reusable or self.draining:
+        if not conn.reusable:
             conn.close()
             self._replace()
             return
-        if self.pending:
+        if self.pending:  # even draining: a waiter queued here has nowhere else to go
             self.busy.add(conn)
             self._serve(conn)
+            return
+        if self.draining:
+            conn.close()
             return
         conn.idle_since = self.loop.time()
         self.idle.append(conn)
