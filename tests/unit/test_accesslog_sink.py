@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import threading
@@ -81,19 +82,177 @@ def test_flush_by_size(log_path: Path, sinks: list[FileSink]) -> None:
     assert s.written_lines == 4 and s.direct
 
 
-def test_a_pipes_full_batch_goes_to_the_writer_thread(
+@pytest.fixture
+def pipe(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[int, int, Path]]:
+    """A real pipe holding one page, which a sink writes as it writes stdout (not its own fd)."""
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
+    os.set_blocking(r, False)
+    monkeypatch.setitem(sink_module._STD_FDS, "/test/pipe", w)
+    yield r, w, Path("/test/pipe")
+    os.close(r)
+    os.close(w)
+
+
+def spy_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, int]]:
+    """Records each successful os.write: (by the calling thread?, size)."""
+    writes: list[tuple[bool, int]] = []
+    real_write, me = os.write, threading.get_ident()
+
+    def spy(fd: int, data: bytes | memoryview) -> int:
+        n = real_write(fd, data)
+        writes.append((threading.get_ident() == me, n))
+        return n
+
+    monkeypatch.setattr(os, "write", spy)  # the sink calls os.write
+    return writes
+
+
+def read_everything(r: int, s: FileSink, nbytes: int, *, flush: bool = False) -> bytes:
+    """Read the pipe while the sink writes what it holds (``flush``: also what is below a
+    batch, from this thread); stop at ``nbytes``."""
+    got = bytearray()
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            if select.select([r], [], [], 0.01)[0]:
+                got.extend(os.read(r, 65536))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    if flush:
+        s.flush()  # waits for the writer thread, then writes the rest
+    wait_for(lambda: len(got) >= nbytes)
+    stop.set()
+    reader.join()
+    return bytes(got)
+
+
+def numbered(n: int) -> list[bytes]:
+    return [b"%05d" % i + b"z" * 94 + b"\n" for i in range(n)]  # 100 bytes each
+
+
+def test_a_pipes_full_batch_is_written_by_the_caller(
+    pipe: tuple[int, int, Path], sinks: list[FileSink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r, w, path = pipe
+    s = make(sinks, path, flush_interval=60, flush_bytes=100)
+    assert s.direct
+    writes = spy_writes(monkeypatch)
+    for _ in range(4):
+        s.write(LINE)
+    assert os.read(r, 1000) == LINE * 4  # in the pipe when write() returned
+    assert writes == [(True, 120)] and s.written_lines == 4
+    assert os.get_blocking(w)  # the description shared with other processes is unchanged
+
+
+@pytest.mark.parametrize("take", [sink_module._PIPE_TAKE, 1000])  # 1000: a backlog's head
+def test_what_a_full_pipe_refuses_is_written_later_in_order(
+    pipe: tuple[int, int, Path],
+    sinks: list[FileSink],
+    monkeypatch: pytest.MonkeyPatch,
+    take: int,
+) -> None:
+    monkeypatch.setattr(sink_module, "_PIPE_TAKE", take)
+    r, _, path = pipe
+    lines = numbered(200)
+    s = make(sinks, path, flush_interval=0.05, flush_bytes=len(lines) * 100)
+    writes = spy_writes(monkeypatch)
+    for line in lines:
+        s.write(line)  # the last one fills the batch: the caller writes what the pipe takes
+    mine = sum(n for by_caller, n in writes if by_caller)
+    assert 0 < mine < 20_000  # what the pipe took; the rest stays queued, counted
+    assert s._pending == 20_000 - mine
+    assert read_everything(r, s, 20_000) == b"".join(lines)  # the thread, on the interval
+    assert s.written_lines == 200 and s.dropped_lines == 0 and s._pending == 0
+    assert sum(n for by_caller, n in writes if not by_caller) == 20_000 - mine
+    assert all(n % 100 == 0 and n <= select.PIPE_BUF for _, n in writes)  # whole lines, atomic
+
+
+def test_a_pipe_nobody_reads_never_blocks_the_caller(
+    pipe: tuple[int, int, Path], sinks: list[FileSink]
+) -> None:
+    r, _, path = pipe
+    lines = numbered(1000)
+    s = make(sinks, path, flush_interval=60, flush_bytes=1000, max_buffer_bytes=3000)
+
+    def writer() -> None:
+        for line in lines:
+            s.write(line)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    t.join(30)  # a watchdog, not a timing: a blocked write() never returns
+    assert not t.is_alive()
+    assert s.dropped_lines > 0 and s._pending <= 3000
+    kept = 1000 - s.dropped_lines  # the buffer filled up and stayed full: a prefix is kept
+    assert read_everything(r, s, kept * 100, flush=True) == b"".join(lines[:kept])
+    assert s.written_lines == kept
+
+
+def test_a_pipe_without_proc_goes_to_the_writer_thread(
+    pipe: tuple[int, int, Path], sinks: list[FileSink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r, _, path = pipe
+    real_open = os.open
+
+    def no_proc(file: str, flags: int, mode: int = 0o777) -> int:
+        if file.startswith("/proc/"):
+            raise FileNotFoundError(file)
+        return real_open(file, flags, mode)
+
+    monkeypatch.setattr(os, "open", no_proc)
+    s = make(sinks, path, flush_interval=60, flush_bytes=100)
+    assert not s.direct
+    writes = spy_writes(monkeypatch)
+    for _ in range(4):
+        s.write(LINE)
+    assert wait_for(lambda: s.written_lines == 4)
+    assert os.read(r, 1000) == LINE * 4 and writes == [(False, 120)]
+
+
+def test_a_named_pipe_reopened_is_still_written_by_the_caller(
     tmp_path: Path, sinks: list[FileSink]
 ) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     s = make(sinks, fifo, flush_interval=60, flush_bytes=100)
-    assert not s.direct  # a pipe nobody reads would block the caller
+    s.reopen()  # no writer thread yet: done here, with a new non-blocking description
+    assert s.direct and s._nbfd is not None
     for _ in range(4):
         s.write(LINE)
-    assert wait_for(lambda: s.written_lines == 4)
     assert os.read(reader, 1000) == LINE * 4
     os.close(reader)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork() with threads, 3.12+
+def test_a_forked_child_opens_its_own_pipe_description(
+    pipe: tuple[int, int, Path], sinks: list[FileSink], log_path: Path
+) -> None:
+    r, _, path = pipe
+    s = make(sinks, path, flush_interval=60, flush_bytes=100)
+    s.write(LINE)  # the writer thread runs
+    # The number the child inherits may be mid-swap in the parent: here, another file's.
+    real, s._nbfd = s._nbfd, os.open(log_path, os.O_WRONLY | os.O_CREAT)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            fd = s._nbfd
+            ok = fd is not None and not os.get_blocking(fd) and s._thread is None
+            for _ in range(4):
+                s.write(LINE)
+            ok = ok and s.written_lines == 4
+        finally:
+            os._exit(0 if ok else 1)
+    os.close(s._nbfd)
+    s._nbfd = real
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert os.read(r, 1000) == LINE * 4 and log_path.read_bytes() == b""
+    s.flush()
+    assert os.read(r, 1000) == LINE
 
 
 def test_slow_writes_send_the_file_to_the_writer_thread(
