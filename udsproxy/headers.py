@@ -102,7 +102,7 @@ class _Add:
         self.action = APPEND_ACTIONS[option.append_action]
         self.keep_empty = option.keep_empty_value
         self.value = literal(option.value)
-        self.render = None if self.value is not None else _formatter(option.value).format
+        self.render = None if self.value is not None else _formatter(option.value).render
 
 
 class _Level:
@@ -124,7 +124,7 @@ class _Level:
             value = add.value
             if value is None:
                 assert add.render is not None
-                value = add.render(info).encode("latin-1")  # the formatter's byte view
+                value = add.render(info)
             if not value and not add.keep_empty:
                 continue
             action = add.action

@@ -93,7 +93,7 @@ class BodyFormat:
         self.content_type = (fmt.content_type or default_type).encode()
 
     def render(self, info: StreamInfo) -> bytes:
-        return self.formatter.format(info).encode("latin-1")  # the formatter's byte view
+        return self.formatter.render(info)
 
 
 class _Mapper:

@@ -595,11 +595,8 @@ class ActiveStream(FilterCallbacks):
             self.host.cluster.stats.upstream_cx_tx_bytes_total += n
 
     def _drop_body(self) -> None:
-        if self.body_size:
-            self.conn.body_buffered -= self.body_size
+        self.take_held_body()
         self.retain_body = False
-        self.body = []
-        self.body_size = 0
 
     def _drop_upstream(self) -> None:
         ureq = self.upstream

@@ -137,22 +137,19 @@ class Router:
         if s.done or s.upstream is not upstream:
             return
         s.upstream = None
-        host = upstream.host
-        cs = host.cluster.stats
-        reply = http1.CONNECT_FAILURE
         if isinstance(exc, PoolOverflow):
-            reply = http1.PENDING_OVERFLOW
-            s.local_reply(reply)
+            s.local_reply(http1.PENDING_OVERFLOW)
             return
-        if isinstance(exc, TlsConnectError):
-            reply = exc.reply  # the body names the TLS failure
+        host = upstream.host
         reason = connect_failure_reason(exc)
         s.upstream_transport_failure_reason = reason
         host.cx_connect_fail += 1
+        cs = host.cluster.stats
         cs.upstream_cx_connect_fail += 1
         if reason == "connection timeout":
             cs.upstream_cx_connect_timeout += 1
-        s.local_reply(reply)
+        # a TLS handshake's reply names its failure
+        s.local_reply(exc.reply if isinstance(exc, TlsConnectError) else http1.CONNECT_FAILURE)
 
     def on_upstream_reset(
         self, s: ActiveStream, upstream: UpstreamRequest, reply: LocalReply, no_response: bool

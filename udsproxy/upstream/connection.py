@@ -136,14 +136,12 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             cs.upstream_cx_destroy_remote += 1
         self.closed = True
+        self.host.pool.forget(self)
         request = self.request
         if request is not None:
             cs.upstream_cx_destroy_with_active_rq += 1
             self.request = None
-            self.host.pool.forget(self)
             request.on_upstream_lost()
-        else:
-            self.host.pool.forget(self)
 
     def pause_writing(self) -> None:
         if self.request is not None:
