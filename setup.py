@@ -1,6 +1,7 @@
 """Builds udsproxy as plain Python, or with UDSPROXY_MYPYC=1 its hot modules with mypyc.
 
-The compiled modules are udsproxy.native.MODULES (the one list). A listed module that does not
+The compiled modules are udsproxy.native.MODULES (the one list), and the hand-written C
+extensions udsproxy.native.C_EXTENSIONS are built with them. A listed module that does not
 exist fails the build. A compiled build also writes udsproxy/_native_build.py: the SHA-256 of
 each compiled module's source, which `udsproxy --version` checks against the .py beside it.
 Everything else is in pyproject.toml.
@@ -27,6 +28,15 @@ def _listed_modules() -> list[str]:
             assert node.value is not None
             return list(ast.literal_eval(node.value))
     sys.exit("setup.py: no MODULES in udsproxy/native.py")
+
+
+def _c_extensions() -> list[str]:
+    tree = ast.parse((HERE / "udsproxy" / "native.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "C_EXTENSIONS":
+            assert node.value is not None
+            return list(ast.literal_eval(node.value))
+    sys.exit("setup.py: no C_EXTENSIONS in udsproxy/native.py")
 
 
 def _sources(modules: list[str]) -> dict[str, Path]:
@@ -59,8 +69,16 @@ if os.environ.get("UDSPROXY_MYPYC") == "1":
         # pip's isolated build asks first what to install: mypy, then it runs this again
         setup(setup_requires=["mypy>=1.10"])
     else:
+        from setuptools import Extension
+
         paths = _sources(_listed_modules())
-        _record(paths)
-        setup(ext_modules=mypycify([str(p.relative_to(HERE)) for p in paths.values()]))
+        c_paths = {m: HERE.joinpath(*m.split(".")).with_suffix(".c") for m in _c_extensions()}
+        _record({**paths, **c_paths})
+        extensions = mypycify([str(p.relative_to(HERE)) for p in paths.values()])
+        extensions += [
+            Extension(m, [str(p.relative_to(HERE))], extra_compile_args=["-O2"])
+            for m, p in c_paths.items()
+        ]
+        setup(ext_modules=extensions)
 else:
     setup()

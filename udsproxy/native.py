@@ -47,6 +47,10 @@ MODULES: tuple[str, ...] = (
     "udsproxy.upstream.pool",
 )
 
+# Hand-written C extensions, built with the mypyc modules (setup.py): each has a pure-Python
+# fallback in the module that imports it (the C scanner: llhttp's callbacks).
+C_EXTENSIONS: tuple[str, ...] = ("udsproxy.codec._scan",)
+
 _EXTENSION_SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
 
@@ -60,7 +64,7 @@ def _is_extension(name: str) -> bool:
 def compiled_modules() -> list[str]:
     """udsproxy's modules that run compiled: the listed ones are imported first, then every
     loaded udsproxy module is looked at (one built from an older list counts too)."""
-    for name in MODULES:
+    for name in (*MODULES, *C_EXTENSIONS):
         # one moved without updating MODULES is skipped here: tests/unit/test_native.py fails
         with contextlib.suppress(ModuleNotFoundError):
             importlib.import_module(name)
@@ -80,7 +84,8 @@ def stale_modules() -> list[str]:
     for name in compiled:
         spec = sys.modules[name].__spec__
         origin = Path(spec.origin if spec and spec.origin else "")
-        source = origin.parent / (name.rpartition(".")[2] + ".py")
+        suffix = ".c" if name in C_EXTENSIONS else ".py"
+        source = origin.parent / (name.rpartition(".")[2] + suffix)
         try:
             digest = hashlib.sha256(source.read_bytes()).hexdigest()
         except OSError:
@@ -91,12 +96,17 @@ def stale_modules() -> list[str]:
 
 
 def describe() -> str:
-    """What `udsproxy --version` adds: '(pure Python)' or '(compiled with mypyc: N modules)'."""
-    compiled = compiled_modules()
-    if not compiled:
+    """What `udsproxy --version` adds: '(pure Python)' or '(compiled with mypyc: N modules; C:
+    ...)'."""
+    loaded = compiled_modules()
+    if not loaded:
         return "(pure Python)"
+    compiled = [n for n in loaded if n not in C_EXTENSIONS]
     text = f"compiled with mypyc: {len(compiled)} modules"
-    pure = [n for n in MODULES if n not in compiled]
+    native = [n for n in C_EXTENSIONS if n in loaded]
+    if native:
+        text += f"; C: {', '.join(native)}"
+    pure = [n for n in (*MODULES, *C_EXTENSIONS) if n not in loaded]
     if pure:
         text += f"; pure: {', '.join(pure)}"
     stale = stale_modules()

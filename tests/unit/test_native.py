@@ -38,21 +38,31 @@ def test_every_listed_module_exists_as_python_source() -> None:
         assert importlib.util.find_spec(name) is not None
 
 
+def test_every_c_extension_has_its_source_and_a_stub() -> None:
+    for name in native.C_EXTENSIONS:
+        path = ROOT.joinpath(*name.split("."))
+        assert path.with_suffix(".c").is_file()
+        assert path.with_suffix(".pyi").is_file()
+
+
 def test_version_says_which_form_runs() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "udsproxy", "--version"],
         cwd=ROOT, capture_output=True, text=True, check=True, timeout=30,
     ).stdout.strip()  # fmt: skip
-    compiled = native.compiled_modules()
-    if compiled:
-        assert out == f"udsproxy {__version__} (compiled with mypyc: {len(compiled)} modules)"
+    loaded = native.compiled_modules()
+    compiled = [n for n in loaded if n not in native.C_EXTENSIONS]
+    if loaded:
+        c = "; C: udsproxy.codec._scan" if "udsproxy.codec._scan" in loaded else ""
+        assert out == f"udsproxy {__version__} (compiled with mypyc: {len(compiled)} modules{c})"
     else:
         assert out == f"udsproxy {__version__} (pure Python)"
     if EXPECT == "1":
         assert compiled == sorted(native.MODULES)
+        assert [n for n in loaded if n in native.C_EXTENSIONS] == list(native.C_EXTENSIONS)
         assert native.stale_modules() == []
     elif EXPECT == "0":
-        assert compiled == [], "compiled modules in a pure run: bash scripts/build-native --clean"
+        assert loaded == [], "compiled modules in a pure run: bash scripts/build-native --clean"
 
 
 def _fake_compiled(

@@ -8,10 +8,16 @@ calls its stream decoder.
 
 Streams start only after ``feed`` returns, so a request that turns out malformed later in the
 same buffer is never forwarded.
+
+The fast path: where the C scanner is built (``codec/_scan.c``, the compiled form), a whole
+bodyless GET or HEAD head is read in one call instead of one llhttp callback per header. It
+takes only a strict subset of what llhttp takes, and only at a message boundary; everything else
+(and every error) goes through llhttp as before.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import httptools
@@ -19,6 +25,20 @@ from mypy_extensions import mypyc_attr
 
 from udsproxy.codec import http1
 from udsproxy.codec.http1 import AUTHORITY_TABLE, SPECIAL_REQUEST_HEADERS, LocalReply
+
+ScanRequest = Callable[
+    [bytes, int, int, int, bool],
+    tuple[int, bytes, bytes, list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], bool] | None,
+]
+SCAN_REQUEST: ScanRequest | None
+try:
+    from udsproxy.codec import _scan
+except ImportError:  # the pure-Python form: llhttp reads every request
+    SCAN_REQUEST = None
+else:
+    # x-request-id is forwarded in place; the scanner flags it
+    _scan.configure(SPECIAL_REQUEST_HEADERS - {b"x-request-id"}, AUTHORITY_TABLE)
+    SCAN_REQUEST = _scan.scan_request
 
 __all__ = [
     "CodecStats",
@@ -211,6 +231,7 @@ class RequestDecoder:
         "callbacks",
         "cur",
         "error",
+        "fast",
         "head_fed",
         "header_bytes",
         "header_count",
@@ -218,8 +239,10 @@ class RequestDecoder:
         "max_header_bytes",
         "max_headers_count",
         "parser",
+        "scan",
         "stats",
         "stopped",
+        "underscores_ok",
         "unread",
         "upgrade_rest",
     )
@@ -247,13 +270,63 @@ class RequestDecoder:
         self.header_bytes = 0
         self.header_count = 0
         self.upgrade_rest = b""
+        self.scan = SCAN_REQUEST
+        # headers_with_underscores_action other than ALLOW: names with "_" are left to llhttp
+        # and the subclass's on_header
+        self.underscores_ok = type(self) is RequestDecoder
+        # llhttp is at a message boundary, so the scanner may read what comes next
+        self.fast = SCAN_REQUEST is not None
 
     def reset(self) -> None:
         """A fresh parser for what follows: after a body moved by splice(2), or a dropped
         upgrade (the old one stopped mid-message)."""
         self.parser = httptools.HttpRequestParser(self)
+        self.fast = self.scan is not None
 
     def feed(self, data: bytes) -> int:
+        if self.fast and self.cur is None and not self.stopped:
+            taken = self._scan(data)
+            if taken == len(data):
+                return OK
+            if taken:
+                data = data[taken:]
+        # llhttp now holds part of a message; the scanner waits until a feed ends at a
+        # boundary (a complete message and nothing after it: the bytes end a head or a
+        # chunked body, and no new message was begun)
+        self.fast = False
+        result = self._feed(data)
+        if result == OK and self.cur is None and self.scan is not None and data[-4:] == b"\r\n\r\n":
+            self.fast = True
+        return result
+
+    def _scan(self, data: bytes) -> int:
+        """Whole bodyless requests read by the C scanner; returns the bytes they took."""
+        scan = self.scan
+        assert scan is not None
+        callbacks = self.callbacks
+        underscores_ok = self.underscores_ok
+        pos = 0
+        end = len(data)
+        while pos < end:
+            head = scan(data, pos, self.max_header_bytes, self.max_headers_count, underscores_ok)
+            if head is None:
+                break
+            pos, method, url, headers, specials, request_id_seen = head
+            s = self.cur = callbacks.new_stream()
+            s.url = url
+            s.headers = headers
+            s.request_id_seen = request_id_seen
+            # the scanner took only what cannot be refused here (Host present and valid, no
+            # framing, upgrade or Connection tokens), so neither call answers with a reply
+            for name, value in specials:
+                s.add_header(name, value)
+            s.headers_complete(method, "1.1", True, False)
+            callbacks.on_request_headers(s)
+            self.cur = None
+            s.decode_complete()
+        return pos
+
+    def _feed(self, data: bytes) -> int:
         if self.in_head:
             self.head_fed += len(data)
         try:

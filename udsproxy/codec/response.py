@@ -3,13 +3,27 @@
 One decoder per upstream connection, reused for each response on it. It classifies response
 headers once (framing and hop-by-hop headers never cross the proxy), relays a Content-Length
 body without the parser, and reports to its ``ClientCallbacks`` (the upstream request).
+
+The fast path: where the C scanner is built (``codec/_scan.c``, the compiled form), the head of a
+plain Content-Length response is read in one call instead of one llhttp callback per header, and
+its body is relayed without the parser. Anything else goes through llhttp as before.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import httptools
+
+ScanResponse = Callable[[bytes, int], tuple[int, int, list[tuple[bytes, bytes]], int, bool] | None]
+SCAN_RESPONSE: ScanResponse | None
+try:
+    from udsproxy.codec import _scan
+except ImportError:  # the pure-Python form: llhttp reads every response
+    SCAN_RESPONSE = None
+else:
+    SCAN_RESPONSE = _scan.scan_response
 
 __all__ = ["MAX_RESPONSE_HEAD", "ClientCallbacks", "ResponseDecoder"]
 
@@ -58,6 +72,7 @@ class ResponseDecoder:
         "callbacks",
         "content_length",
         "expect_upgrade",
+        "fresh",
         "head_fed",
         "head_request",
         "headers",
@@ -68,6 +83,7 @@ class ResponseDecoder:
         "nominated",
         "parser",
         "resp_chunked",
+        "scan",
         "status",
         "stray_body",
         "upgraded",
@@ -75,6 +91,8 @@ class ResponseDecoder:
 
     def __init__(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
+        self.scan = SCAN_RESPONSE
+        self.fresh = True  # the parser has seen nothing of the response being read
         self.callbacks: ClientCallbacks | None = None
         self.upgraded = False
         self.expect_upgrade = False
@@ -102,12 +120,43 @@ class ResponseDecoder:
         self.head_request = head_request
         self.expect_upgrade = upgrade
         self.reset()
+        # A connection is reused only after a response that ended exactly (any byte after it
+        # retires it): its parser is at a message boundary.
+        self.fresh = not (head_request or upgrade) and self.scan is not None
 
     def body_spliced(self) -> None:
         """The rest of the body moved by splice(2): the response is complete."""
         self.body_remaining = -1
         self.parser = httptools.HttpResponseParser(self)
         self.message_done = True
+
+    def _scan(self, data: bytes, cb: ClientCallbacks) -> bool:
+        """A plain Content-Length response's head read by the C scanner, its body relayed."""
+        scan = self.scan
+        assert scan is not None
+        head = scan(data, MAX_RESPONSE_HEAD)
+        if head is None:
+            return False
+        end, self.status, self.headers, length, keep_alive = head
+        self.content_length = length
+        self.keep_alive = keep_alive
+        self.in_body = True
+        cb.on_response_headers(self)
+        if self.callbacks is not cb:
+            return True  # the request is gone (reset): the connection is not reused
+        rest = len(data) - end
+        if rest < length:
+            self.body_remaining = length - rest
+            if rest:
+                cb.on_response_body(memoryview(data)[end:])
+            return True
+        if length:
+            cb.on_response_body(memoryview(data)[end : end + length])
+        if rest > length:
+            self.keep_alive = False  # bytes after the response: not reusable
+        self.message_done = True
+        cb.on_response_complete()
+        return True
 
     def feed(self, data: bytes) -> None:
         cb = self.callbacks
@@ -126,11 +175,16 @@ class ResponseDecoder:
                 self.keep_alive = False  # bytes after the response: not reusable
             else:
                 cb.on_response_body(data)
-            # The parser is mid-body; a fresh one reads the next response.
-            self.parser = httptools.HttpResponseParser(self)
+            if not self.fresh:
+                # The parser is mid-body; a fresh one reads the next response.
+                self.parser = httptools.HttpResponseParser(self)
             self.message_done = True
             cb.on_response_complete()
             return
+        if self.fresh:
+            if self._scan(data, cb):
+                return
+            self.fresh = False  # llhttp reads this response
         if not self.in_body:
             self.head_fed += len(data)
         try:
