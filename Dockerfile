@@ -38,7 +38,7 @@ RUN --mount=type=secret,id=ca \
     && /opt/udsproxy/bin/python -m udsproxy.config.api_table \
     && /opt/udsproxy/bin/python -m compileall -q -f --invalidation-mode checked-hash /opt/udsproxy \
     && /opt/udsproxy/bin/udsproxy --version >/tmp/version && cat /tmp/version \
-    && grep -q 'compiled with mypyc: [0-9]* modules; C: udsproxy.codec._scan)$' /tmp/version
+    && grep -q 'compiled with mypyc: [0-9]* modules; C: udsproxy.codec._scan, udsproxy.http._request_id)$' /tmp/version
 # (above: the cached table of Envoy's API and the bytecode ship in the venv, so a container
 # whose user cannot write either starts in 0.2 s, not 1 s)
 

@@ -48,8 +48,9 @@ MODULES: tuple[str, ...] = (
 )
 
 # Hand-written C extensions, built with the mypyc modules (setup.py): each has a pure-Python
-# fallback in the module that imports it (the C scanner: llhttp's callbacks).
-C_EXTENSIONS: tuple[str, ...] = ("udsproxy.codec._scan",)
+# fallback in the module that imports it (the C scanner: llhttp's callbacks; x-request-id:
+# header_mutation's Python generator).
+C_EXTENSIONS: tuple[str, ...] = ("udsproxy.codec._scan", "udsproxy.http._request_id")
 
 _EXTENSION_SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 

@@ -63,6 +63,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "udsproxy.dns",
             "udsproxy.http.read_gate",
             "udsproxy.http.header_mutation",
+            "udsproxy.http._request_id",  # C (its .pyi is read here)
         ),
     ),
     ("upstream: the pool (knows no stream)", ("udsproxy.upstream.pool",)),
@@ -155,7 +156,9 @@ SPELLED_CYCLES = 8  # per cycle found; the shortest through each module, first b
 
 def module_files(root: Path = ROOT / PACKAGE) -> dict[str, Path]:
     files: dict[str, Path] = {}
-    for path in sorted(root.rglob("*.py")):
+    # a C extension is known by its stub (.pyi): its imports are the module's interface
+    stubs = [p for p in root.rglob("*.pyi") if not p.with_suffix(".py").exists()]
+    for path in sorted([*root.rglob("*.py"), *stubs]):
         parts = path.relative_to(root.parent).with_suffix("").parts
         if "__pycache__" in parts or any(p.startswith("_cache") for p in parts):
             continue

@@ -53,7 +53,8 @@ def test_version_says_which_form_runs() -> None:
     loaded = native.compiled_modules()
     compiled = [n for n in loaded if n not in native.C_EXTENSIONS]
     if loaded:
-        c = "; C: udsproxy.codec._scan" if "udsproxy.codec._scan" in loaded else ""
+        c_loaded = [n for n in native.C_EXTENSIONS if n in loaded]
+        c = f"; C: {', '.join(c_loaded)}" if c_loaded else ""
         assert out == f"udsproxy {__version__} (compiled with mypyc: {len(compiled)} modules{c})"
     else:
         assert out == f"udsproxy {__version__} (pure Python)"

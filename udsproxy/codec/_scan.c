@@ -41,29 +41,30 @@ static const char *const COMMON[] = {
     "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection", "expect",
 };
 #define N_COMMON (sizeof(COMMON) / sizeof(COMMON[0]))
+#define MAX_COMMON_LEN 32
 static PyObject *common_obj[N_COMMON];
-static Py_ssize_t common_len[N_COMMON];
+/* by length: the indices of the common names of that length, -1 ended */
+static signed char by_len[MAX_COMMON_LEN + 1][8];
 
 #define MAX_NAME 128 /* longer names fall back to llhttp */
 
 static PyObject *
 name_object(const char *lower, Py_ssize_t n)
 {
-    for (size_t i = 0; i < N_COMMON; i++) {
-        if (common_len[i] == n && lower[0] == COMMON[i][0] && memcmp(lower, COMMON[i], n) == 0) {
-            Py_INCREF(common_obj[i]);
-            return common_obj[i];
+    if (n <= MAX_COMMON_LEN) {
+        for (const signed char *i = by_len[n]; *i >= 0; i++) {
+            const char *c = COMMON[*i];
+            if (c[0] == lower[0] && memcmp(c, lower, n) == 0) {
+                Py_INCREF(common_obj[*i]);
+                return common_obj[*i];
+            }
         }
     }
     return PyBytes_FromStringAndSize(lower, n);
 }
 
-static int
-eq(const char *a, Py_ssize_t n, const char *lit)
-{
-    Py_ssize_t m = (Py_ssize_t)strlen(lit);
-    return n == m && memcmp(a, lit, m) == 0;
-}
+/* a name of known length against a literal */
+#define EQ(a, n, lit) ((n) == (Py_ssize_t)sizeof(lit) - 1 && memcmp((a), (lit), (n)) == 0)
 
 static int
 eq_nocase(const char *a, Py_ssize_t n, const char *lit)
@@ -214,7 +215,7 @@ scan_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             goto fallback;
         switch (n) { /* names that frame a body or change the exchange: llhttp's */
         case 4:
-            if (eq(lower, n, "host")) {
+            if (EQ(lower, n, "host")) {
                 /* what add_header would refuse (a repeat, a bad byte) is answered by llhttp's
                  * path, so the fast one cannot fail */
                 if (host)
@@ -226,27 +227,27 @@ scan_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             }
             break;
         case 6:
-            if (eq(lower, n, "expect"))
+            if (EQ(lower, n, "expect"))
                 goto fallback;
             break;
         case 7:
-            if (eq(lower, n, "upgrade"))
+            if (EQ(lower, n, "upgrade"))
                 goto fallback;
             break;
         case 10:
-            if (eq(lower, n, "connection") && !eq_nocase(buf + v, vlen, "keep-alive"))
+            if (EQ(lower, n, "connection") && !eq_nocase(buf + v, vlen, "keep-alive"))
                 goto fallback;
             break;
         case 12:
-            if (eq(lower, n, "x-request-id"))
+            if (EQ(lower, n, "x-request-id"))
                 rid = 1;
             break;
         case 14:
-            if (eq(lower, n, "content-length"))
+            if (EQ(lower, n, "content-length"))
                 goto fallback;
             break;
         case 17:
-            if (eq(lower, n, "transfer-encoding"))
+            if (EQ(lower, n, "transfer-encoding"))
                 goto fallback;
             break;
         }
@@ -331,29 +332,52 @@ scan_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         if (blank)
             break;
         const char *val = buf + v;
-        if (eq(lower, n, "content-length")) {
-            if (content_length >= 0 || vlen > 15)
-                goto fallback; /* a repeat: llhttp decides */
-            content_length = 0;
-            for (Py_ssize_t i = 0; i < vlen; i++) {
-                if (val[i] < '0' || val[i] > '9')
-                    goto fallback;
-                content_length = content_length * 10 + (val[i] - '0');
+        switch (n) { /* framing and hop-by-hop headers, and Server: not relayed */
+        case 2:
+            if (EQ(lower, n, "te"))
+                continue;
+            break;
+        case 6:
+            if (EQ(lower, n, "server"))
+                continue;
+            break;
+        case 7:
+            if (EQ(lower, n, "trailer") || EQ(lower, n, "upgrade"))
+                continue;
+            break;
+        case 10:
+            if (EQ(lower, n, "keep-alive"))
+                continue;
+            if (EQ(lower, n, "connection")) {
+                if (eq_nocase(val, vlen, "close"))
+                    keep_alive = 0;
+                else if (!eq_nocase(val, vlen, "keep-alive"))
+                    goto fallback; /* other tokens name headers to drop */
+                continue;
             }
-            continue;
+            break;
+        case 14:
+            if (EQ(lower, n, "content-length")) {
+                if (content_length >= 0 || vlen > 15)
+                    goto fallback; /* a repeat: llhttp decides */
+                content_length = 0;
+                for (Py_ssize_t i = 0; i < vlen; i++) {
+                    if (val[i] < '0' || val[i] > '9')
+                        goto fallback;
+                    content_length = content_length * 10 + (val[i] - '0');
+                }
+                continue;
+            }
+            break;
+        case 16:
+            if (EQ(lower, n, "proxy-connection"))
+                continue;
+            break;
+        case 17:
+            if (EQ(lower, n, "transfer-encoding"))
+                goto fallback;
+            break;
         }
-        if (eq(lower, n, "transfer-encoding"))
-            goto fallback;
-        if (eq(lower, n, "connection")) {
-            if (eq_nocase(val, vlen, "close"))
-                keep_alive = 0;
-            else if (!eq_nocase(val, vlen, "keep-alive"))
-                goto fallback; /* other tokens name headers to drop */
-            continue;
-        }
-        if (eq(lower, n, "keep-alive") || eq(lower, n, "proxy-connection") || eq(lower, n, "te") ||
-            eq(lower, n, "trailer") || eq(lower, n, "upgrade") || eq(lower, n, "server"))
-            continue;
         PyObject *name = name_object(lower, n);
         if (name == NULL || append_pair(headers, name, val, vlen) == NULL) {
             Py_DECREF(headers);
@@ -415,11 +439,19 @@ PyInit__scan(void)
     method_head = PyBytes_FromString("HEAD");
     if (special_request == NULL || method_get == NULL || method_head == NULL)
         return NULL;
+    memset(by_len, -1, sizeof(by_len));
     for (size_t i = 0; i < N_COMMON; i++) {
-        common_len[i] = (Py_ssize_t)strlen(COMMON[i]);
-        common_obj[i] = PyBytes_FromStringAndSize(COMMON[i], common_len[i]);
+        size_t n = strlen(COMMON[i]);
+        common_obj[i] = PyBytes_FromStringAndSize(COMMON[i], (Py_ssize_t)n);
         if (common_obj[i] == NULL)
             return NULL;
+        if (n <= MAX_COMMON_LEN) {
+            signed char *slot = by_len[n];
+            while (*slot >= 0)
+                slot++;
+            if (slot - by_len[n] < 7)
+                *slot = (signed char)i;
+        }
     }
     return PyModule_Create(&module);
 }

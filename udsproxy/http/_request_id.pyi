@@ -1,0 +1,3 @@
+# The C x-request-id generator (udsproxy/http/_request_id.c); absent in the pure-Python form.
+
+def request_id() -> bytes: ...
