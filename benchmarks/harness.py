@@ -48,6 +48,8 @@ def catalog(workers: int) -> dict[str, Subject]:
         Subject("haproxy", "HAProxy", "haproxy"),
         Subject("caddy", "Caddy", "caddy"),
         Subject("direct", "direct (no proxy)", "direct"),
+        # The floor: the plainest Python proxy on uvloop + httptools (benchmarks/floor.py)
+        Subject("pyfloor", "Python floor (log on)", "pyfloor", log=True),
         # Experiments (log off, one thing changed)
         Subject("udsproxy-tcp", "udsproxy, TCP upstream", "udsproxy", transport="tcp"),
         Subject("nginx-tcp", "nginx, TCP upstream", "nginx", transport="tcp"),
@@ -616,6 +618,8 @@ def _progress(s: Sample, rounds: int, label: str) -> None:
         )
     else:
         cpu = f"{s.cpu_us_per_req:.1f} us/req" if s.cpu_us_per_req else "-"
+        if s.cpu_us_per_req and s.sys_us_per_req is not None:
+            cpu += f" ({s.sys_us_per_req:.1f} sys)"
         line = f"{s.rps:9.0f} req/s  p50 {s.p50_ms or 0:.2f} p99 {s.p99_ms or 0:.2f} ms  cpu {cpu}"
     err = f"  errors {s.errors}" if s.errors else ""
     print(

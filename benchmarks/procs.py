@@ -173,12 +173,18 @@ def children(pid: int) -> list[int]:
 
 def cpu_seconds(pids: Sequence[int]) -> float:
     """utime + stime of the processes (all their threads), in seconds."""
-    ticks = 0
+    return sum(cpu_split(pids))
+
+
+def cpu_split(pids: Sequence[int]) -> tuple[float, float]:
+    """(utime, stime) of the processes (all their threads), in seconds: user and kernel."""
+    user = system = 0
     for pid in pids:
         fields = _stat_fields(pid)
         if fields:
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-    return ticks / CLK_TCK
+            user += int(fields[11])  # utime (field 14)
+            system += int(fields[12])  # stime (field 15)
+    return user / CLK_TCK, system / CLK_TCK
 
 
 def status_kib(pids: Sequence[int], key: str) -> int:

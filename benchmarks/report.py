@@ -98,6 +98,7 @@ class Cell:
     p50: Stat | None = None
     p99: Stat | None = None
     cpu: Stat | None = None
+    sys_cpu: Stat | None = None  # the kernel's part of cpu (stime)
     upstream_cpu: Stat | None = None
     rss_peak: float | None = None
     rss_idle: Stat | None = None
@@ -163,6 +164,7 @@ def aggregate(samples: Sequence[Sample], workload: str, subject: str) -> Cell:
         c.p50 = Stat.of(s.p50_ms for s in ok)
         c.p99 = Stat.of(s.p99_ms for s in ok)
         c.cpu = Stat.of(s.cpu_us_per_req for s in ok)
+        c.sys_cpu = Stat.of(s.sys_us_per_req for s in ok)
         c.upstream_cpu = Stat.of(s.upstream_cpu_us_per_req for s in ok)
         c.ratio_rps = ratios(samples, workload, subject, REFERENCE, lambda s: s.rps)
         c.ratio_p50 = ratios(samples, workload, subject, REFERENCE, lambda s: s.p50_ms)
@@ -342,6 +344,7 @@ class Report:
             header += [f"p50 {X} {REFERENCE}", f"p99 {X} {REFERENCE}"]
         header += [
             "CPU µs/req",
+            "of it kernel",
             f"CPU {X} {REFERENCE}",
             "upstream µs/req",
             "peak RSS MiB",
@@ -361,6 +364,7 @@ class Report:
                 row += [_ratio(c.ratio_p50, True), _ratio(c.ratio_p99, True)]
             row += [
                 _num(c.cpu.median, 1) if c.cpu else DASH,
+                _num(c.sys_cpu.median, 1) if c.sys_cpu else DASH,
                 _ratio(c.ratio_cpu),
                 _num(c.upstream_cpu.median, 1) if c.upstream_cpu else DASH,
                 _num(c.rss_peak, 1),

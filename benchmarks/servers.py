@@ -174,7 +174,7 @@ class Subject:
 
     name: str  # key: udsproxy, udsproxy-nolog, nginx, haproxy, ...
     label: str  # for tables
-    kind: str  # udsproxy | nginx | haproxy | caddy | direct
+    kind: str  # udsproxy | nginx | haproxy | caddy | pyfloor | direct
     log: bool = False
     transport: str = "uds-shm"  # uds-shm | uds-disk | tcp: how the proxy reaches the upstream
     pool: bool = True  # upstream keep-alive pool
@@ -311,6 +311,15 @@ class Subjects:
             )
             s.argv = [nginx, "-c", str(s.config_path), "-p", str(d)]
             stop_signal = signal.SIGTERM
+        elif s.kind == "pyfloor":
+            if kind != "unix":
+                raise StartError("the Python floor reaches its upstream over a Unix socket only")
+            s.log_path = d / "access.log" if s.log else None
+            s.argv = [self.python, "-m", "benchmarks.floor", "--listen", f"127.0.0.1:{s.port}"]
+            s.argv += ["--upstream", addr]
+            if s.log_path:
+                s.argv += ["--log", str(s.log_path)]
+            env["PYTHONPATH"] = str(CONFIGS.parent.parent)  # benchmarks/ is not installed
         elif s.kind == "haproxy":
             haproxy = which("haproxy")
             if haproxy is None:

@@ -1,8 +1,9 @@
 """The workloads, and one measured run of a workload against a subject.
 
-A run reads the subject's CPU time (utime + stime of all its processes, from /proc/<pid>/stat)
-before and after the load, polls its summed VmRSS during the load, and takes req/s, latency
-percentiles, socket errors and non-2xx/3xx responses from wrk (benchmarks/lua/report.lua).
+A run reads the subject's CPU time (utime + stime of all its processes, from /proc/<pid>/stat,
+and stime on its own: the kernel's part) before and after the load, polls its summed VmRSS
+during the load, and takes req/s, latency percentiles, socket errors and non-2xx/3xx responses
+from wrk (benchmarks/lua/report.lua).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.procs import RssSampler, cpu_seconds, pin_prefix, status_kib
+from benchmarks.procs import RssSampler, cpu_seconds, cpu_split, pin_prefix, status_kib
 from benchmarks.servers import Subject, Subjects, Upstream, which
 
 LUA = Path(__file__).resolve().parent / "lua"
@@ -91,6 +92,7 @@ class Sample:
     max_ms: float | None = None
     cpu_s: float | None = None
     cpu_us_per_req: float | None = None
+    sys_us_per_req: float | None = None  # of cpu_us_per_req, the kernel's (stime)
     upstream_cpu_us_per_req: float | None = None
     rss_peak_mib: float | None = None
     hwm_mib: float | None = None
@@ -159,7 +161,7 @@ def run_wrk(
     if subject.kind != "direct" and not pids:
         sample.ok, sample.failure = False, f"{subject.name} is not running"
         return sample
-    cpu0, up0 = cpu_seconds(pids), cpu_seconds(up_pids)
+    (user0, sys0), up0 = cpu_split(pids), cpu_seconds(up_pids)
     with RssSampler(lambda: pids) as rss:
         try:
             out = subprocess.run(
@@ -168,7 +170,8 @@ def run_wrk(
         except subprocess.TimeoutExpired:
             sample.ok, sample.failure = False, "wrk did not finish in time"
             return sample
-    cpu1, up1 = cpu_seconds(pids), cpu_seconds(up_pids)
+    (user1, sys1), up1 = cpu_split(pids), cpu_seconds(up_pids)
+    cpu0, cpu1 = user0 + sys0, user1 + sys1
     try:
         w = parse_wrk(out.stdout)
     except ValueError:
@@ -187,6 +190,7 @@ def run_wrk(
     if pids:
         sample.cpu_s = cpu1 - cpu0
         sample.cpu_us_per_req = (cpu1 - cpu0) * 1e6 / n if n else None
+        sample.sys_us_per_req = (sys1 - sys0) * 1e6 / n if n else None
         sample.rss_peak_mib = rss.peak_kib / 1024
         sample.hwm_mib = status_kib(pids, "VmHWM") / 1024
     if up_pids and n:

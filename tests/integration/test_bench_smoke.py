@@ -35,7 +35,7 @@ def test_harness_quick_run(nginx_bin: str, tmp_path: Path) -> None:
             "benchmarks",
             "--quick",
             "--proxies",
-            "udsproxy,nginx",
+            "udsproxy,nginx,pyfloor",
             "--no-setup",
             "--no-chart",
             "--results-dir",
@@ -53,11 +53,12 @@ def test_harness_quick_run(nginx_bin: str, tmp_path: Path) -> None:
     data = json.loads(result.read_text())
     assert data["meta"]["complete"] is True
     samples = {s["subject"]: s for s in data["samples"]}
-    assert set(samples) == {"udsproxy", "nginx"}
+    assert set(samples) == {"udsproxy", "nginx", "pyfloor"}
     for name, s in samples.items():
         assert s["ok"], (name, s["failure"])
         assert s["requests"] > 0, name
         assert s["cpu_us_per_req"] is not None, name
+        assert s["sys_us_per_req"] is not None, name
     assert not list(tmp_path.glob("latest.*"))  # --quick never replaces the committed results
     assert (tmp_path / result.with_suffix(".md").name).is_file()
 
