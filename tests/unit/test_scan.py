@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from udsproxy.codec import response
+from udsproxy.codec.encode import header_block
 from udsproxy.codec.request import OK, RequestDecoder, decoder_class
 from udsproxy.codec.response import MAX_RESPONSE_HEAD, ResponseDecoder
 
@@ -214,6 +215,8 @@ def _respond(data: bytes, fast: bool, mode: str, head: bool = False) -> Any:
         dec.feed(piece)
         if client.events and client.events[-1][0] in ("complete", "error", "upgrade"):
             break
+    if dec.block is not None:  # the scanner's serialized headers are the encoder's
+        assert dec.block == header_block(dec.headers)
     done = dec.message_done and dec.keep_alive and not dec.upgraded
     events = [e for e in client.events if e[0] != "body"]
     return events, client.body, done, dec.status

@@ -280,11 +280,42 @@ fail:
     return NULL;
 }
 
-/* scan_response(data, max_bytes) -> (end, status, headers, content_length, keep_alive) or None
+/* "name: value\r\n" for each (name, value) pair of a list of bytes pairs: what
+ * codec.encode.header_block makes, in one allocation. */
+static PyObject *
+header_block(PyObject *headers)
+{
+    Py_ssize_t n = PyList_GET_SIZE(headers), size = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = PyList_GET_ITEM(headers, i);
+        size += PyBytes_GET_SIZE(PyTuple_GET_ITEM(t, 0)) + PyBytes_GET_SIZE(PyTuple_GET_ITEM(t, 1));
+    }
+    PyObject *block = PyBytes_FromStringAndSize(NULL, size + 4 * n);
+    if (block == NULL)
+        return NULL;
+    char *o = PyBytes_AS_STRING(block);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = PyList_GET_ITEM(headers, i);
+        PyObject *k = PyTuple_GET_ITEM(t, 0), *v = PyTuple_GET_ITEM(t, 1);
+        memcpy(o, PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k));
+        o += PyBytes_GET_SIZE(k);
+        *o++ = ':';
+        *o++ = ' ';
+        memcpy(o, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v));
+        o += PyBytes_GET_SIZE(v);
+        *o++ = '\r';
+        *o++ = '\n';
+    }
+    return block;
+}
+
+/* scan_response(data, max_bytes)
+ *   -> (end, status, headers, content_length, keep_alive, block) or None
  *
  * An HTTP/1.1 final response (200-599 but 204 and 304) framed by one Content-Length, with no
  * Transfer-Encoding, and Connection absent, "keep-alive" or "close". headers are the pairs to
- * relay: the hop-by-hop ones and Server are left out, as ResponseDecoder.on_header does. */
+ * relay: the hop-by-hop ones and Server are left out, as ResponseDecoder.on_header does; block
+ * is them serialized (encode.header_block(headers)). */
 static PyObject *
 scan_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -386,8 +417,13 @@ scan_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     if (content_length < 0)
         goto fallback;
-    return Py_BuildValue("(niNLO)", p, status, headers, content_length,
-                         keep_alive ? Py_True : Py_False);
+    PyObject *block = header_block(headers);
+    if (block == NULL) {
+        Py_DECREF(headers);
+        return NULL;
+    }
+    return Py_BuildValue("(niNLON)", p, status, headers, content_length,
+                         keep_alive ? Py_True : Py_False, block);
 fallback:
     Py_DECREF(headers);
     Py_RETURN_NONE;

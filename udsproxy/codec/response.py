@@ -16,7 +16,9 @@ from typing import Protocol
 
 import httptools
 
-ScanResponse = Callable[[bytes, int], tuple[int, int, list[tuple[bytes, bytes]], int, bool] | None]
+ScanResponse = Callable[
+    [bytes, int], tuple[int, int, list[tuple[bytes, bytes]], int, bool, bytes] | None
+]
 SCAN_RESPONSE: ScanResponse | None
 try:
     from udsproxy.codec import _scan
@@ -68,6 +70,7 @@ class _Overrun(Exception):
 
 class ResponseDecoder:
     __slots__ = (
+        "block",
         "body_remaining",
         "callbacks",
         "content_length",
@@ -102,6 +105,8 @@ class ResponseDecoder:
 
     def reset(self) -> None:
         self.headers: list[tuple[bytes, bytes]] = []
+        # the scanner's serialized headers (encode.header_block(headers)); None from llhttp
+        self.block: bytes | None = None
         self.status = 0
         self.content_length = -1
         self.resp_chunked = False
@@ -137,7 +142,7 @@ class ResponseDecoder:
         head = scan(data, MAX_RESPONSE_HEAD)
         if head is None:
             return False
-        end, self.status, self.headers, length, keep_alive = head
+        end, self.status, self.headers, length, keep_alive, self.block = head
         self.content_length = length
         self.keep_alive = keep_alive
         self.in_body = True

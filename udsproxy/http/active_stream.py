@@ -376,7 +376,15 @@ class ActiveStream(FilterCallbacks):
             return  # the proxy answered Expect itself; HTTP/1.0 clients get no 1xx
         self.conn.write(response_head(status, headers, ()))
 
-    def encode_headers(self, code: int, headers: list[tuple[bytes, bytes]], length: int) -> None:
+    def encode_headers(
+        self,
+        code: int,
+        headers: list[tuple[bytes, bytes]],
+        length: int,
+        block: bytes | None = None,
+    ) -> None:
+        """The response head, sent downstream. ``block`` is ``headers`` already serialized (the
+        codec's scanner makes it), used unless a mutation or filter changes them."""
         now = time.monotonic()
         self.first_upstream_rx_mono = now
         self.response_code = code
@@ -393,9 +401,13 @@ class ActiveStream(FilterCallbacks):
                 ust = None
             self.response_headers = headers
             route.response_mutations.apply(headers, self)
+            block = None
         if self.filter_state is not None:  # CORS headers, compression: after the router's
             length = self.filter_state.encode_headers(self, code, headers, length)
-        parts = [http1.status_line(code), header_block(headers), ctx.server_header]
+            block = None
+        if block is None:
+            block = header_block(headers)
+        parts = [http1.status_line(code), block, ctx.server_header]
         headers.append(ctx.server_header_tuple)
         if ust is not None:
             parts += (b"x-envoy-upstream-service-time: ", ust, CRLF)

@@ -159,7 +159,7 @@ class UpstreamRequest:
         self.stream.encode_interim(codec.status, codec.headers)
 
     def on_response_headers(self, codec: ResponseDecoder) -> None:
-        self.stream.encode_headers(codec.status, codec.headers, codec.content_length)
+        self.stream.encode_headers(codec.status, codec.headers, codec.content_length, codec.block)
 
     def on_response_body(self, data: bytes | memoryview) -> None:
         self.stream.encode_data(data)
