@@ -255,3 +255,22 @@ def test_a_connection_reads_its_next_response_on_the_fast_path_after_either() ->
             "complete",
         ]
         assert client.body == b"hello world!" * 2
+
+
+def test_header_block_in_c_is_the_python_one() -> None:
+    from udsproxy.codec import encode
+
+    cases: list[list[tuple[bytes, bytes]]] = [
+        [],
+        [(b"a", b"")],
+        [(b"x-a", b"1"), (b"cookie", b"a=b; c=d"), (b"", b"odd")],
+    ]
+    for headers in cases:
+        want = b"".join(b"%s: %s\r\n" % h for h in headers)
+        assert _scan.header_block(headers) == want
+        assert encode.header_block(headers) == want
+    # anything else is serialized the general way, never refused
+    odd: Any = [(b"a", bytearray(b"b")), [b"c", b"d"]]
+    assert encode.header_block(odd) == b"a: b\r\nc: d\r\n"
+    with pytest.raises(TypeError):
+        _scan.header_block(odd)

@@ -429,6 +429,28 @@ fallback:
     Py_RETURN_NONE;
 }
 
+/* header_block(headers): the public form of header_block, for any list of (bytes, bytes)
+ * pairs: codec.encode serializes every head with it in the compiled form. */
+static PyObject *
+header_block_checked(PyObject *self, PyObject *headers)
+{
+    if (!PyList_CheckExact(headers)) {
+        PyErr_SetString(PyExc_TypeError, "header_block(list)");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(headers);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = PyList_GET_ITEM(headers, i);
+        if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != 2 ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(t, 0)) ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(t, 1))) {
+            PyErr_SetString(PyExc_TypeError, "header_block: (bytes, bytes) pairs");
+            return NULL;
+        }
+    }
+    return header_block(headers);
+}
+
 /* configure(special_request_headers, authority_table): the names RequestHead.add_header takes
  * (x-request-id excluded: it is forwarded in place and flagged), and http1.AUTHORITY_TABLE (a
  * Host byte is valid if the table maps it to itself). */
@@ -452,6 +474,7 @@ configure(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyMethodDef methods[] = {
     {"scan_request", (PyCFunction)(void (*)(void))scan_request, METH_FASTCALL, NULL},
     {"scan_response", (PyCFunction)(void (*)(void))scan_response, METH_FASTCALL, NULL},
+    {"header_block", header_block_checked, METH_O, NULL},
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };

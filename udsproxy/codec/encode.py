@@ -6,7 +6,7 @@ calls (``b": ".join`` over each pair, then ``b"\\r\\n".join``), not a Python loo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from udsproxy.codec.http1 import status_line
 
@@ -17,8 +17,20 @@ LAST_CHUNK = b"0\r\n\r\n"
 _PAIR = b": ".join
 
 
-def header_block(headers: Sequence[tuple[bytes, bytes]]) -> bytes:
+_C_BLOCK: Callable[[list[tuple[bytes, bytes]]], bytes] | None
+try:  # the compiled form's: one allocation, a tenth of the cost of the two joins
+    from udsproxy.codec._scan import header_block as _C_BLOCK
+except ImportError:
+    _C_BLOCK = None
+
+
+def header_block(headers: list[tuple[bytes, bytes]]) -> bytes:
     """``name: value\\r\\n`` for each header."""
+    if _C_BLOCK is not None:
+        try:
+            return _C_BLOCK(headers)
+        except TypeError:  # not a list of (bytes, bytes) tuples: the general way below
+            pass
     if not headers:
         return b""
     return b"\r\n".join(map(_PAIR, headers)) + CRLF
@@ -32,7 +44,7 @@ def request_head(
     method: bytes,
     path: bytes,
     host: bytes,
-    headers: Sequence[tuple[bytes, bytes]],
+    headers: list[tuple[bytes, bytes]],
     extra: bytes,
     chunked: bool,
     content_length: int,
@@ -42,7 +54,7 @@ def request_head(
     (precompiled lines), the proxy's own framing and, for an upgrade, its two headers."""
     parts = [method, b" ", path, b" HTTP/1.1\r\nhost: ", host, CRLF]
     if headers:
-        parts += (b"\r\n".join(map(_PAIR, headers)), CRLF)
+        parts.append(header_block(headers))
     if extra:
         parts.append(extra)
     if chunked:
@@ -55,14 +67,12 @@ def request_head(
     return b"".join(parts)
 
 
-def response_head(
-    code: int, headers: Sequence[tuple[bytes, bytes]], tail: Sequence[bytes]
-) -> bytes:
+def response_head(code: int, headers: list[tuple[bytes, bytes]], tail: Sequence[bytes]) -> bytes:
     """A response head: the status line, the headers, then ``tail`` (already-serialized lines:
     date, server, framing, connection), then the blank line."""
     parts = [status_line(code)]
     if headers:
-        parts += (b"\r\n".join(map(_PAIR, headers)), CRLF)
+        parts.append(header_block(headers))
     parts += tail
     parts.append(CRLF)
     return b"".join(parts)
