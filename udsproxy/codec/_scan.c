@@ -14,8 +14,8 @@
 #include <Python.h>
 #include <string.h>
 
-/* RFC 9110 tchar */
-static unsigned char TCHAR[256];
+/* RFC 9110 tchar, lower-cased; 0 for any other byte */
+static unsigned char NAME[256];
 /* request-target bytes taken by the fast path: RFC 3986 pchar, "/" and "?" */
 static unsigned char TARGET[256];
 /* field-vchar without obs-text, plus SP and HTAB */
@@ -94,17 +94,16 @@ header_line(const char *buf, Py_ssize_t p, Py_ssize_t e, char *lower, Py_ssize_t
         *blank = 1;
         return p + 2;
     }
-    Py_ssize_t n = 0;
-    while (p < e) {
-        unsigned char c = (unsigned char)buf[p];
-        if (c == ':')
+    Py_ssize_t n = 0, stop = e - p < MAX_NAME ? e : p + MAX_NAME;
+    for (; p < stop; p++) {
+        unsigned char l = NAME[(unsigned char)buf[p]];
+        if (l == 0)
             break;
-        if (!TCHAR[c] || n >= MAX_NAME || (c == '_' && !underscores_ok))
-            return 0;
-        lower[n++] = (char)((c >= 'A' && c <= 'Z') ? c + 32 : c);
-        p++;
+        lower[n++] = (char)l;
     }
-    if (p >= e || n == 0)
+    if (p >= stop || buf[p] != ':' || n == 0)
+        return 0;
+    if (!underscores_ok && memchr(lower, '_', n) != NULL)
         return 0;
     p++; /* ':' */
     while (p < e && (buf[p] == ' ' || buf[p] == '\t'))
@@ -267,9 +266,23 @@ scan_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *url = PyBytes_FromStringAndSize(buf + u, ulen);
     if (url == NULL)
         goto fail;
+    PyObject *end = PyLong_FromSsize_t(p), *result = PyTuple_New(6);
+    if (end == NULL || result == NULL) {
+        Py_XDECREF(end);
+        Py_XDECREF(result);
+        Py_DECREF(url);
+        goto fail;
+    }
     Py_INCREF(method);
-    return Py_BuildValue("(nNNNNO)", p, method, url, headers, specials,
-                         rid ? Py_True : Py_False);
+    PyObject *seen = rid ? Py_True : Py_False;
+    Py_INCREF(seen);
+    PyTuple_SET_ITEM(result, 0, end); /* the tuple owns them all from here */
+    PyTuple_SET_ITEM(result, 1, method);
+    PyTuple_SET_ITEM(result, 2, url);
+    PyTuple_SET_ITEM(result, 3, headers);
+    PyTuple_SET_ITEM(result, 4, specials);
+    PyTuple_SET_ITEM(result, 5, seen);
+    return result;
 fallback:
     Py_DECREF(headers);
     Py_DECREF(specials);
@@ -418,12 +431,26 @@ scan_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (content_length < 0)
         goto fallback;
     PyObject *block = header_block(headers);
-    if (block == NULL) {
+    PyObject *end = PyLong_FromSsize_t(p), *code = PyLong_FromLong(status);
+    PyObject *length = PyLong_FromLongLong(content_length), *result = PyTuple_New(6);
+    if (block == NULL || end == NULL || code == NULL || length == NULL || result == NULL) {
+        Py_XDECREF(block);
+        Py_XDECREF(end);
+        Py_XDECREF(code);
+        Py_XDECREF(length);
+        Py_XDECREF(result);
         Py_DECREF(headers);
         return NULL;
     }
-    return Py_BuildValue("(niNLON)", p, status, headers, content_length,
-                         keep_alive ? Py_True : Py_False, block);
+    PyObject *keep = keep_alive ? Py_True : Py_False;
+    Py_INCREF(keep);
+    PyTuple_SET_ITEM(result, 0, end); /* the tuple owns them all from here */
+    PyTuple_SET_ITEM(result, 1, code);
+    PyTuple_SET_ITEM(result, 2, headers);
+    PyTuple_SET_ITEM(result, 3, length);
+    PyTuple_SET_ITEM(result, 4, keep);
+    PyTuple_SET_ITEM(result, 5, block);
+    return result;
 fallback:
     Py_DECREF(headers);
     Py_RETURN_NONE;
@@ -489,7 +516,8 @@ PyInit__scan(void)
     const char *tchar = "!#$%&'*+-.^_`|~";
     for (int c = 0; c < 256; c++) {
         int alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-        TCHAR[c] = alnum || (c && strchr(tchar, c) != NULL);
+        if (alnum || (c && strchr(tchar, c) != NULL))
+            NAME[c] = (unsigned char)((c >= 'A' && c <= 'Z') ? c + 32 : c);
         TARGET[c] = alnum || (c && strchr("-._~!$&'()*+,;=:@%/?", c) != NULL);
         VALUE[c] = (c >= 0x21 && c <= 0x7e) || c == ' ' || c == '\t';
     }
