@@ -45,6 +45,7 @@ MODULES: tuple[str, ...] = (
     "udsproxy.upstream.cluster",
     "udsproxy.upstream.connection",
     "udsproxy.upstream.pool",
+    "udsproxy.write_batch",
 )
 
 # Hand-written C extensions, built with the mypyc modules (setup.py): each has a pure-Python

@@ -61,6 +61,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "udsproxy.tls",
             "udsproxy.upstream_tls",
             "udsproxy.dns",
+            "udsproxy.write_batch",
             "udsproxy.http.read_gate",
             "udsproxy.http.header_mutation",
             "udsproxy.http._request_id",  # C (its .pyi is read here)

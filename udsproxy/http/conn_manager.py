@@ -22,6 +22,7 @@ from udsproxy.router.routes import RouteTable
 from udsproxy.runtime import Runtime
 from udsproxy.stats.store import BOUNDS, StatsStore
 from udsproxy.streaminfo import Peer, StreamInfo
+from udsproxy.write_batch import WriteBatch
 
 if TYPE_CHECKING:
     from udsproxy.upstream.cluster import Cluster
@@ -128,6 +129,9 @@ class ListenerContext:
         # access log's formatting, so without one it would only add bookkeeping
         self.batched = batched and bool(self.access_loggers)
         self._finished: list[StreamInfo] = []
+        # writes but the first of a loop iteration wait for its end (write_batch.py); the server
+        # batches, tests on fake loops (no call_soon) write at once
+        self.write_batch = WriteBatch(loop) if batched else None
 
     def drain(self) -> None:
         """Stop keeping connections alive: idle ones close now (those that got a response in the

@@ -61,6 +61,7 @@ class DownstreamConnection(asyncio.Protocol):
         "conn_id",
         "corked",
         "ctx",
+        "held",
         "last_io",
         "local",
         "loop",
@@ -88,6 +89,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.closed = False
         self.corked = False  # while set, writes collect in ``out`` and leave in one syscall
         self.out: list[bytes | memoryview] = []
+        self.held = False  # corked until the loop iteration ends (ctx.write_batch)
         self.write_paused = False
         self.last_io = 0.0
         self.conn_id = 0
@@ -165,6 +167,8 @@ class DownstreamConnection(asyncio.Protocol):
         up = ureq.conn if ureq is not None else None
         if remaining < self.ctx.splice_min_bytes or up is None or up.splicer is not None:
             return
+        if up.held is not None:
+            up.flush_held()  # the head before the body
         fds = splice_fds(self.transport, up.transport)
         if fds is None:
             return
@@ -378,6 +382,25 @@ class DownstreamConnection(asyncio.Protocol):
 
     def cork(self) -> None:
         self.corked = True
+
+    def release(self) -> None:
+        """The end of a cork: write now, or, when the loop iteration has written already, at its
+        end (write_batch.py): the bytes stay corked, so later writes queue behind them."""
+        batch = self.ctx.write_batch
+        if batch is None or not self.out or batch.first():
+            self.uncork()
+        elif not self.held:
+            self.held = True
+            batch.hold(self)
+
+    def flush_held(self) -> None:
+        self.held = False
+        if self.corked:  # else uncorked already (a close, a splice)
+            if self.transport is None:
+                self.out = []
+                self.corked = False
+            else:
+                self.uncork()
 
     def uncork(self) -> None:
         self.corked = False

@@ -62,7 +62,9 @@ class UpstreamRequest:
         self.reused = conn.requests > 0
         s = self.stream
         conn.codec.begin(self, s.is_head, s.upgrade is not None)
-        conn.send(self, s.on_upstream_ready())
+        data = s.on_upstream_ready()
+        # a whole request may wait for the end of the loop iteration; a body that follows not
+        conn.send(self, data, s.ctx.write_batch if s.request_complete else None)
         s.on_request_sent(conn)
 
     def on_pool_failure(self, exc: BaseException) -> None:
@@ -75,6 +77,8 @@ class UpstreamRequest:
         conn = self.conn
         if conn is None or conn.transport is None:
             return 0
+        if conn.held is not None:
+            conn.flush_held()  # the head first
         n = len(data)
         if chunked:
             size = chunk_head(n)
@@ -122,7 +126,7 @@ class UpstreamRequest:
         try:
             codec.feed(data)
         finally:
-            downstream.uncork()
+            downstream.release()
         splice_min = s.ctx.splice_response_min
         if (
             splice_min
@@ -194,6 +198,8 @@ class UpstreamRequest:
     def _start_splice(self, conn: UpstreamConnection) -> None:
         """Hand the rest of a large Content-Length body to splice(2)."""
         s = self.stream
+        if s.conn.out:
+            s.conn.uncork()  # the head (held to the iteration's end) goes before the body
         fds = splice_fds(conn.transport, s.conn.transport)
         if fds is None or conn.transport is None:
             return  # e.g. bytes still queued downstream: stay on the copy path

@@ -19,6 +19,7 @@ from udsproxy.codec.response import ResponseDecoder
 from udsproxy.splice import Splicer
 from udsproxy.stats.store import ClusterStats
 from udsproxy.upstream.pool import ConnPool
+from udsproxy.write_batch import WriteBatch
 
 __all__ = [
     "BLOCK_CLIENT_WRITE",
@@ -76,6 +77,7 @@ class UpstreamConnection(asyncio.Protocol):
         "blocked",
         "closed",
         "codec",
+        "held",
         "host",
         "idle_since",
         "request",
@@ -97,6 +99,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.blocked = 0
         self.splicer: Splicer | None = None
+        self.held: list[bytes] | None = None  # a request head waiting for the iteration's end
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -156,16 +159,34 @@ class UpstreamConnection(asyncio.Protocol):
         transport = self.transport
         return not self.closed and transport is not None and not transport.is_closing()
 
-    def send(self, request: ConnectionCallbacks, data: list[bytes]) -> None:
+    def send(
+        self, request: ConnectionCallbacks, data: list[bytes], batch: WriteBatch | None = None
+    ) -> None:
+        """A request (its head, and its body if held). With ``batch`` (a whole request: nothing
+        follows it), it may wait for the end of the loop iteration (write_batch.py)."""
         assert self.transport is not None
         self.stats.upstream_cx_tx_bytes_total += sum(map(len, data))
         self.host.rq_total += 1
         self.request = request
         self.requests += 1
-        self.transport.writelines(data)
+        if batch is None or batch.first():
+            self.transport.writelines(data)
+        else:
+            self.held = data
+            batch.hold(self)
+
+    def flush_held(self) -> None:
+        data = self.held
+        if data is not None:
+            self.held = None
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.writelines(data)
 
     def write(self, data: bytes | memoryview) -> None:
         """More of the request (its body); counted as Envoy counts bytes on the wire."""
+        if self.held is not None:
+            self.flush_held()
         transport = self.transport
         if transport is not None:
             transport.write(data)
@@ -204,6 +225,8 @@ class UpstreamConnection(asyncio.Protocol):
                 self.transport.resume_reading()
 
     def close(self) -> None:
+        if self.held is not None:
+            self.flush_held()
         if self.splicer is not None:
             self.splicer.cancel()
             self.splicer = None
@@ -215,6 +238,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.host.pool.forget(self)
 
     def abort(self) -> None:
+        self.held = None  # never sent: the request is being reset
         if self.splicer is not None:
             self.splicer.cancel()
             self.splicer = None
