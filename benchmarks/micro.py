@@ -4,7 +4,9 @@ A downstream connection and a pooled upstream connection run on in-memory transp
 iteration feeds one keep-alive GET (wrk's, or a browser's with 16 headers), lets the proxy write
 the upstream request, feeds nginx's 612-byte response, and collects what the client would get.
 No kernel and no socket I/O; the event loop runs one iteration per request, so the work the
-proxy defers to it (the access log's batch) happens as in production. What is left is the Python
+proxy defers to it (the access log's batch, the writes held to the iteration's end) happens as in
+production; with one request per iteration the held writes' flush is paid by every request here,
+where under load one flush serves several. What is left is the Python
 the proxy runs per request, so a change to the hot path shows up here as a stable number, and
 cProfile shows where it goes.
 

@@ -144,3 +144,24 @@ def test_a_body_or_a_close_flushes_held_bytes_first_and_a_reset_drops_them(rig) 
         assert aborted and up.held is None and _sent(r.up_t) == b"HEAD-body"
 
     loop.run_until_complete(go())
+
+
+def test_large_or_unfinished_responses_are_written_at_once(rig) -> None:
+    r, loop = rig
+    big = b"HTTP/1.1 200 OK\r\nContent-Length: 20000\r\n\r\n" + b"y" * 20000
+
+    async def go() -> None:
+        await asyncio.sleep(0)
+        for response in (big, big[:5000]):  # whole but large; a body still coming
+            r.down.data_received(WRK_GET)
+            assert r.ctx.write_batch is not None
+            r.ctx.write_batch.first()  # this iteration has written: small ones would wait
+            r.up.data_received(response)
+            assert _sent(r.down_t).startswith(b"HTTP/1.1 200 OK\r\n") and not r.down.held
+            if response is not big:
+                r.up.data_received(big[5000:])  # the rest: the response ends
+            r.down_t.out.clear()
+            r.up_t.out.clear()
+            await asyncio.sleep(0)
+
+    loop.run_until_complete(go())

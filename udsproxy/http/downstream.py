@@ -43,6 +43,9 @@ _DRAIN_GRACE = 1.0
 _MAX_PIPELINED = 16
 
 
+_HOLD_MAX = 16 * 1024  # bytes a write may hold to the end of the loop iteration
+
+
 class DownstreamConnection(asyncio.Protocol):
     """An asyncio protocol (uvloop only calls its methods) and its codec's callbacks."""
 
@@ -387,7 +390,16 @@ class DownstreamConnection(asyncio.Protocol):
         """The end of a cork: write now, or, when the loop iteration has written already, at its
         end (write_batch.py): the bytes stay corked, so later writes queue behind them."""
         batch = self.ctx.write_batch
-        if batch is None or not self.out or batch.first():
+        out = self.out
+        # only small writes wait: held 100 KiB responses cost more kernel time than they saved
+        # (79 -> 127-149 us per request in the harness)
+        if (
+            batch is None
+            or not out
+            or len(out) > 2
+            or sum(map(len, out)) > _HOLD_MAX
+            or batch.first()
+        ):
             self.uncork()
         elif not self.held:
             self.held = True

@@ -126,7 +126,12 @@ class UpstreamRequest:
         try:
             codec.feed(data)
         finally:
-            downstream.release()
+            if codec.message_done:
+                downstream.release()  # a whole response: it may wait for the iteration's end
+            else:
+                # a body still coming: at once, as before (holding each read of a 1 MiB body
+                # to the iteration's end doubled its kernel time: 558 -> 1186 us per request)
+                downstream.uncork()
         splice_min = s.ctx.splice_response_min
         if (
             splice_min
