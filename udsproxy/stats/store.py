@@ -211,6 +211,11 @@ class ClusterStats:
     upstream_rq_timeout: int
     upstream_rq_retry: int
     upstream_rq_retry_success: int
+    upstream_rq_retry_overflow: int  # max_retries breaker
+    upstream_rq_retry_limit_exceeded: int  # num_retries used up
+    upstream_rq_retry_backoff_exponential: int
+    upstream_rq_per_try_timeout: int
+    retry_or_shadow_abandoned: int  # body over the buffer limit: no retry, no mirror
     upstream_rq_rx_reset: int
     upstream_rq_tx_reset: int
     upstream_rq_cancelled: int
