@@ -30,6 +30,7 @@ from udsproxy.server import pipe_gauges
 from udsproxy.stats.peers import PeerGroup, to_snapshot
 from udsproxy.stats.render import render_json, render_prometheus, render_text
 from udsproxy.streaminfo import Peer, StreamInfo
+from udsproxy.upstream.health import flag_text, flags_from_stats, health_status
 
 if TYPE_CHECKING:
     from udsproxy.server import Server
@@ -299,13 +300,20 @@ async def _clusters(admin: AdminServer, q: dict[str, str]) -> tuple[int, str, by
     for name, cluster in admin.server.clusters.items():
         hosts = []
         for host in cluster.hosts:
-            stats = per_host.get(name, {}).get(host.text) or host.stats()  # no answer: ours
+            stats = dict(per_host.get(name, {}).get(host.text) or host.stats())  # none: ours
+            # flags set in any worker (each has its own outlier detection)
+            flags = flags_from_stats(stats) | host.health_flags
             # Envoy's text form: cluster::host::stat::value
             lines += (f"{name}::{host.text}::{key}::{value}" for key, value in stats.items())
-            lines.append(f"{name}::{host.text}::health_flags::healthy")
+            lines.append(f"{name}::{host.text}::health_flags::{flag_text(flags)}")
             lines += _host_lines(f"{name}::{host.text}::", host)
             hosts.append(
-                {"address": host.text, "stats": stats, "health_status": "HEALTHY", **_host(host)}
+                {
+                    "address": host.text,
+                    "stats": stats,
+                    "health_status": health_status(flags),
+                    **_host(host),
+                }
             )
         out.append({"name": name, "added_via_api": False, "host_statuses": hosts})
     if q.get("format") == "json":

@@ -411,7 +411,7 @@ class Server:
                 gauges.get(prefix + "upstream_cx_active", 0) - idle, 0
             )
             gauges[prefix + "membership_total"] = len(cluster.hosts)
-            gauges[prefix + "membership_healthy"] = len(cluster.hosts)
+            gauges[prefix + "membership_healthy"] = cluster.healthy_count
             pipes = [h.address for h in cluster.hosts if isinstance(h.address, schema.Pipe)]
             if pipes:
                 gauges.update(pipe_gauges(prefix, pipes))

@@ -16,6 +16,7 @@ __all__ = [
     "AccessLog",
     "AccessLogFilter",
     "Address",
+    "CircuitBreakerThresholds",
     "Admin",
     "Bootstrap",
     "Cluster",
@@ -25,15 +26,19 @@ __all__ = [
     "DynamicResources",
     "Endpoint",
     "HeaderMatcher",
+    "HealthCheck",
     "HeaderValueOption",
     "HttpConnectionManager",
     "HttpFilter",
     "Listener",
     "LocalReplyConfig",
     "Locality",
+    "OutlierDetection",
     "PathConfigSource",
     "Pipe",
+    "RequestMirrorPolicy",
     "ResponseMapper",
+    "RetryPolicy",
     "Route",
     "RouteAction",
     "RouteConfiguration",
@@ -138,8 +143,46 @@ class DirectResponse:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """envoy.config.route.v3.RetryPolicy (a route's, or its virtual host's)."""
+
+    retry_on: tuple[str, ...] = ()  # the comma-separated conditions, split
+    num_retries: int = 1
+    per_try_timeout: float = 0.0  # 0: none
+    retry_back_off: tuple[float, float] | None = None  # (base_interval, max_interval)
+    retriable_status_codes: tuple[int, ...] = ()
+    retriable_request_headers: tuple[HeaderMatcher, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CircuitBreakerThresholds:
+    """envoy.config.cluster.v3.CircuitBreakers.Thresholds (Envoy's defaults)."""
+
+    priority: str = "DEFAULT"
+    max_connections: int = 1024
+    max_pending_requests: int = 1024
+    max_requests: int = 1024
+    max_retries: int = 3
+    track_remaining: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestMirrorPolicy:
+    """RouteAction.RequestMirrorPolicy: one shadow copy of the route's requests. The runtime
+    fraction is kept as its parts (filter_schema.Fraction sits above this module)."""
+
+    cluster: str
+    numerator: int = 100  # no runtime_fraction: every request (Envoy)
+    denominator: int = 100
+    runtime_key: str = ""
+    disable_shadow_host_suffix_append: bool = False
+    host_rewrite_literal: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RouteAction:
     cluster: str
+    retry_policy: RetryPolicy | None = None
     timeout: float = 15.0  # 0 disables
     idle_timeout: float | None = None  # overrides the HCM's stream_idle_timeout; 0 disables
     prefix_rewrite: str | None = None
@@ -148,6 +191,7 @@ class RouteAction:
     auto_host_rewrite: bool = False
     host_rewrite_header: str | None = None  # lower case
     append_x_forwarded_host: bool = False
+    request_mirror_policies: tuple[RequestMirrorPolicy, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -174,6 +218,9 @@ class VirtualHost:
     request_headers_to_remove: tuple[str, ...] = ()
     response_headers_to_add: tuple[HeaderValueOption, ...] = ()
     response_headers_to_remove: tuple[str, ...] = ()
+    retry_policy: RetryPolicy | None = None  # for its routes that have none
+    include_request_attempt_count: bool = False  # x-envoy-attempt-count upstream
+    include_attempt_count_in_response: bool = False  # and downstream
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -286,6 +333,12 @@ class HttpConnectionManager:
     stream_idle_timeout: float = 300.0
     local_reply_config: LocalReplyConfig | None = None
     request_timeout: float = 0.0  # the whole request received within it; 0 disables
+    request_headers_timeout: float = 0.0  # the head, from its first byte; 0 disables
+    # common_http_protocol_options.max_connection_duration (0: none), then a drain of
+    # drain_timeout (HTTP/1: `connection: close` on the next response; closed when idle)
+    max_connection_duration: float = 0.0
+    http1_safe_max_connection_duration: bool = False  # no drain timer: the next response closes
+    drain_timeout: float = 5.0
     generate_request_id: bool = True
     headers_with_underscores_action: str = "ALLOW"  # or REJECT_REQUEST, DROP_HEADER
     normalize_path: bool = False
@@ -374,6 +427,9 @@ class Endpoint:
     locality: Locality | None = None
     locality_load_balancing_weight: int = 0  # 0: not set
     locality_metadata: dict[str, Any] | None = field(default=None, hash=False)
+    # endpoint.health_check_config (udsproxy.upstream.health_check)
+    health_check_hostname: str = ""  # its Host in health checks ("" : the check's own)
+    disable_active_health_check: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -400,6 +456,56 @@ class UpstreamTls:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OutlierDetection:
+    """envoy.config.cluster.v3.OutlierDetection: the consecutive-failure detectors (Envoy's
+    defaults; the success-rate and failure-percentage ones are refused)."""
+
+    consecutive_5xx: int = 5
+    consecutive_gateway_failure: int = 5
+    consecutive_local_origin_failure: int = 5
+    split_external_local_origin_errors: bool = False
+    interval: float = 10.0
+    base_ejection_time: float = 30.0
+    max_ejection_time: float = 300.0  # at least base_ejection_time
+    max_ejection_time_jitter: float = 0.0
+    max_ejection_percent: int = 10
+    always_eject_one_host: bool = False
+    enforcing_consecutive_5xx: int = 100
+    enforcing_consecutive_gateway_failure: int = 0
+    enforcing_consecutive_local_origin_failure: int = 100
+    successful_active_health_check_uneject_host: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthCheck:
+    """envoy.config.core.v3.HealthCheck with an http_health_check (udsproxy.upstream.
+    health_check). Every interval Envoy derives from another is resolved here."""
+
+    timeout: float
+    interval: float
+    unhealthy_threshold: int
+    healthy_threshold: int
+    interval_jitter: float = 0.0
+    interval_jitter_percent: int = 0
+    initial_jitter: float = 0.0
+    no_traffic_interval: float = 60.0  # until the cluster has had a connection
+    no_traffic_healthy_interval: float = 60.0  # default: no_traffic_interval
+    unhealthy_interval: float = 0.0  # default: interval
+    unhealthy_edge_interval: float = 0.0  # default: unhealthy_interval
+    healthy_edge_interval: float = 0.0  # default: interval
+    reuse_connection: bool = True
+    # http_health_check
+    path: str = "/"
+    host: str = ""  # "": the cluster's name
+    method: str = "GET"  # GET | HEAD
+    expected_statuses: tuple[tuple[int, int], ...] = ((200, 201),)  # [start, end)
+    retriable_statuses: tuple[tuple[int, int], ...] = ()
+    request_headers_to_add: tuple[HeaderValueOption, ...] = ()  # literal values only
+    request_headers_to_remove: tuple[str, ...] = ()
+    service_name_matcher: StringMatcher | None = None  # x-envoy-upstream-healthchecked-cluster
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Cluster:
     name: str
     endpoints: tuple[Endpoint, ...]
@@ -409,6 +515,15 @@ class Cluster:
     idle_timeout: float = DEFAULT_UPSTREAM_IDLE_TIMEOUT  # 0 disables
     max_requests_per_connection: int = 0  # 0 = unlimited
     tls: UpstreamTls | None = None  # transport_socket
+    # Load balancing (upstream.cluster, lb): lb_policy, least_request_lb_config.choice_count,
+    # common_lb_config.healthy_panic_threshold (percent; 0 disables panic)
+    lb_policy: str = "ROUND_ROBIN"  # ROUND_ROBIN | LEAST_REQUEST | RANDOM
+    choice_count: int = 2
+    healthy_panic_threshold: float = 50.0
+    outlier_detection: OutlierDetection | None = None  # upstream.outlier
+    health_check: HealthCheck | None = None  # health_checks[0] (udsproxy.upstream.health_check)
+    # circuit_breakers.thresholds by priority; empty: none configured
+    circuit_breakers: tuple[CircuitBreakerThresholds, ...] = ()
     # Service discovery (udsproxy.dns): endpoints are names unless STATIC.
     type: str = "STATIC"  # STATIC | STRICT_DNS | LOGICAL_DNS
     dns_lookup_family: str = "AUTO"  # Envoy's default (the v3 enum's zero value)

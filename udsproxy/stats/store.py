@@ -208,6 +208,7 @@ class ClusterStats:
     upstream_cx_protocol_error: int
     upstream_cx_max_requests: int
     upstream_cx_none_healthy: int
+    lb_healthy_panic: int  # picks made in panic (healthy hosts below the panic threshold)
     upstream_rq_timeout: int
     upstream_rq_retry: int
     upstream_rq_retry_success: int

@@ -15,9 +15,10 @@ from typing import Any
 from udsproxy.config import schema
 from udsproxy.config.schema import SocketAddress as Sa
 from udsproxy.dns import Resolver
-from udsproxy.lb import schedule
+from udsproxy.lb import Balancer, LeastRequest, Random, RoundRobin, schedule
 from udsproxy.stats.store import ClusterStats, SslStats
 from udsproxy.upstream.connection import UpstreamConnection
+from udsproxy.upstream.health import EXCLUDED, flags_to_stats, panic
 from udsproxy.upstream.pool import ConnPool
 from udsproxy.upstream_tls import ClusterTls, TlsConnectError
 
@@ -42,8 +43,8 @@ class Host:
     # rq_error come from the stats ledger (by ``ledger_key``).
     STATS = ("cx_total", "cx_active", "cx_connect_fail", "rq_total", "rq_timeout")
     __slots__ = (
-        "_auto_host", "address", "cluster", "endpoint", "hostname", "ledger_key", "loop",
-        "pool", "retired", "text", *STATS,
+        "_auto_host", "address", "cluster", "endpoint", "health_flags", "hostname", "ledger_key",
+        "loop", "outlier", "pool", "retired", "text", *STATS,
     )  # fmt: skip
 
     def __init__(
@@ -60,6 +61,10 @@ class Host:
         self.hostname = hostname or (endpoint.hostname if endpoint is not None else "")
         self._auto_host = self.hostname.encode("idna") if self.hostname else None
         self.retired = False  # left the DNS answer: busy connections finish, then close
+        # upstream.health's flags (0: healthy); whoever changes them calls health_changed()
+        self.health_flags = 0
+        # outlier detection's view of this host (None: not configured); a try's end feeds it
+        self.outlier: Any = None
         self.pool = ConnPool(
             cluster.loop,
             self.connect,
@@ -85,12 +90,27 @@ class Host:
         self.retired = True
         self.pool.drain()
 
+    def active_requests(self) -> int:
+        """Requests on this host now (LEAST_REQUEST): busy connections (one request each, no
+        pipelining) and requests waiting for one."""
+        pool = self.pool
+        return len(pool.busy) + len(pool.pending)
+
+    def drain_existing(self) -> None:
+        """Envoy's DrainExistingConnections, on a host going unhealthy: idle connections close,
+        busy ones close once their request is done; new requests get new connections."""
+        self.pool.close_idle()
+        for conn in self.pool.busy:
+            conn.draining = True
+
     def stats(self, results: Sequence[int] = (0, 0)) -> dict[str, int]:
         """/clusters' numbers for this host; ``results`` is its [rq_success, rq_error] from the
         stats ledger; rq_active is its busy connections."""
         out = {name: getattr(self, name) for name in self.STATS}
         out["rq_success"], out["rq_error"] = results
         out["rq_active"] = max(self.cx_active - len(self.pool.idle), 0)
+        if self.health_flags:
+            flags_to_stats(self.health_flags, out)
         return out
 
     def auto_host(self) -> bytes | None:
@@ -140,7 +160,7 @@ class Host:
 
 
 class Cluster:
-    """A named set of hosts, picked (weighted) round robin.
+    """A named set of hosts and its load balancer (lb_policy) over the healthy ones.
 
     STATIC: one host per endpoint. STRICT_DNS: one host per address each endpoint's name
     resolves to; the set follows every answer (a host that leaves closes its idle connections,
@@ -150,6 +170,9 @@ class Cluster:
     """
 
     __slots__ = (
+        "_healthy",
+        "_lb",
+        "_panic",
         "_rr",
         "_schedule",
         "_targets",
@@ -158,6 +181,7 @@ class Cluster:
         "config",
         "connect_timeout",
         "draining",
+        "healthy_count",
         "hosts",
         "idle_timeout",
         "loop",
@@ -186,6 +210,13 @@ class Cluster:
         self._tasks: set[asyncio.Task[None]] = set()
         self.hosts: tuple[Host, ...] = ()
         self._schedule: tuple[Host, ...] = ()  # one round of weighted round robin
+        # Not plain round robin over every host (another lb_policy, or a host unhealthy, or
+        # panic): pick() asks it. None keeps pick() the one index step above.
+        self._lb: Balancer[Host] | None = None
+        self._panic = False
+        self._healthy: frozenset[Host] = frozenset()
+        self.healthy_count = 0  # membership_healthy
+        self._rr = 0
         self._targets: list[tuple[Host, ...]] = [() for _ in config.endpoints]  # per endpoint
         self.resolver: Resolver | None = None
         if config.type == "STATIC":
@@ -208,7 +239,6 @@ class Cluster:
             if self.stats.ssl is None:
                 self.stats.ssl = SslStats()
             self.tls = ClusterTls(config.tls, self.stats.ssl, config.connect_timeout)
-        self._rr = 0
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a connect attempt; the set keeps a strong reference until it is done."""
@@ -216,13 +246,37 @@ class Cluster:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def pick(self) -> Host | None:
+    def pick(self, avoid: Host | None = None) -> Host | None:
+        """The host for a try; ``avoid`` (the host a retry's previous try failed on) is taken
+        only when no other host can be picked. None: no host (503 UH)."""
+        lb = self._lb
+        if lb is not None:
+            if self._panic:
+                self.stats.lb_healthy_panic += 1
+            return lb.pick(avoid)
         hosts = self._schedule
         if not hosts:
             return None
         i = self._rr
         self._rr = i + 1 if i + 1 < len(hosts) else 0
+        host = hosts[i]
+        if host is avoid:
+            return self._pick_other(i)
+        return host
+
+    def _pick_other(self, i: int) -> Host:
+        """The next host of the schedule after turn ``i`` that is not its host, if any."""
+        hosts = self._schedule
+        n = len(hosts)
+        for j in range(1, n):
+            other = hosts[(i + j) % n]
+            if other is not hosts[i]:
+                return other
         return hosts[i]
+
+    def health_changed(self) -> None:
+        """A host's health_flags changed: rebuild what the load balancer picks from."""
+        self._rebuild_lb()
 
     # -- service discovery -------------------------------------------------------------------
     def start(self) -> None:
@@ -270,8 +324,36 @@ class Cluster:
 
     def _rebuild(self) -> None:
         self.hosts = tuple(h for target in self._targets for h in target)
-        self._schedule = schedule([(h, h.weight) for h in self.hosts])
-        self._rr = 0
+        self._rebuild_lb()
+
+    def _rebuild_lb(self) -> None:
+        """The hosts to pick from: the healthy ones; all but the excluded in panic (fewer
+        healthy than common_lb_config.healthy_panic_threshold), as Envoy's load balancers do.
+        A host that went unhealthy has its connections drained, as Envoy's cluster manager
+        does on a health failure."""
+        config = self.config
+        usable = [h for h in self.hosts if not h.health_flags & EXCLUDED]
+        healthy = [h for h in usable if not h.health_flags]
+        for host in self._healthy.difference(healthy):
+            if host.health_flags:
+                host.drain_existing()
+        self._healthy = frozenset(healthy)
+        self.healthy_count = len(healthy)
+        self._panic = panic(len(healthy), len(usable), config.healthy_panic_threshold)
+        chosen = usable if self._panic else healthy
+        weighted = [(h, h.weight) for h in chosen]
+        policy = config.lb_policy
+        if policy == "LEAST_REQUEST":
+            self._lb = LeastRequest(weighted, Host.active_requests, config.choice_count)
+        elif policy == "RANDOM":
+            self._lb = Random(weighted)
+        elif self._panic:
+            self._lb = RoundRobin(weighted)
+        else:
+            self._lb = None
+        self._schedule = schedule(weighted) if self._lb is None else ()
+        if self._rr >= len(self._schedule):
+            self._rr = 0
 
     def drain(self) -> None:
         self.draining = True

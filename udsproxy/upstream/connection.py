@@ -77,6 +77,7 @@ class UpstreamConnection(asyncio.Protocol):
         "blocked",
         "closed",
         "codec",
+        "draining",
         "held",
         "host",
         "idle_since",
@@ -96,6 +97,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.codec = ResponseDecoder()
         self.requests = 0  # requests sent on this connection (for reuse and max_requests)
         self.closed = False
+        self.draining = False  # its host went unhealthy: closes once its request is done
         self.idle_since = 0.0
         self.blocked = 0
         self.splicer: Splicer | None = None
@@ -200,6 +202,7 @@ class UpstreamConnection(asyncio.Protocol):
             codec.message_done
             and codec.keep_alive
             and not self.closed
+            and not self.draining
             and not codec.upgraded
             and not (max_rq and self.requests >= max_rq)
         )
