@@ -96,6 +96,8 @@ class Server:
         inherited: Mapping[str, socket.socket] | None = None,
         announce: bool = False,
         request_stats: bool = True,
+        concurrency: int = 1,
+        worker: int = 0,
     ) -> None:
         self.bootstrap = bootstrap
         self.request_stats = request_stats
@@ -104,7 +106,8 @@ class Server:
         self.state = "PRE_INITIALIZING"
         # set by the process layer: which worker publishes server.*, and its restart counter
         self.primary = True
-        self.concurrency = 1
+        self.concurrency = concurrency  # the worker processes (per-worker shares of limits)
+        self.worker = worker  # this worker's index (health checks take turns by it)
         self.restarts: RestartCounter | None = None
         self.loop = loop
         self.source = source
@@ -140,6 +143,8 @@ class Server:
         inherited: Mapping[str, socket.socket] | None = None,
         request_stats: bool = True,
         loaded: schema.Bootstrap | None = None,
+        concurrency: int = 1,
+        worker: int = 0,
     ) -> Server:
         """Build and bind everything; raises ConfigError or OSError before serving anything.
 
@@ -158,6 +163,8 @@ class Server:
             inherited=inherited,
             announce=announce,
             request_stats=request_stats,
+            concurrency=concurrency,
+            worker=worker,
         )
         try:
             await server._apply(bootstrap)
@@ -246,7 +253,9 @@ class Server:
                 clusters[cconf.name] = old
             else:
                 stats = self.store.cluster_for(cconf.name)
-                clusters[cconf.name] = Cluster(cconf, self.loop, stats)
+                clusters[cconf.name] = Cluster(
+                    cconf, self.loop, stats, self.concurrency, worker=self.worker
+                )
                 self.stats[
                     "cluster_manager.cluster_modified" if old else "cluster_manager.cluster_added"
                 ] += 1
@@ -316,7 +325,8 @@ class Server:
         (a pipe binds once, port 0 differs per worker) and the workers would disagree."""
         address = config.address
         shared = isinstance(address, schema.Pipe) or address.port_value == 0
-        if self.concurrency > 1 and shared:
+        # at start the supervisor's socket is there to inherit
+        if self.concurrency > 1 and shared and config.name not in self.inherited:
             raise ConfigError(
                 [
                     (
@@ -341,6 +351,7 @@ class Server:
             request_stats=self.request_stats,
             batched=True,
             runtime=self.runtime,
+            workers=self.concurrency,
         )
         return ctx
 
@@ -433,6 +444,9 @@ class Server:
             for name in [n for n in gauges if n.startswith("cluster.") and ".uds_" in n]:
                 del gauges[name]  # the filesystem is the same for every worker
             for name in [n for n in gauges if n.startswith("cluster.") and ".membership_" in n]:
+                del gauges[name]
+            # each worker checks on its own (upstream.health_check): one's view, not a sum
+            for name in [n for n in gauges if n.endswith(".health_check.healthy")]:
                 del gauges[name]
             # Every worker applies every reload; one of them counts it.
             for name in [n for n in counters if n.startswith(_MANAGERS) or n.endswith(".version")]:
@@ -595,9 +609,10 @@ async def _warm(clusters: list[Cluster]) -> None:
     """Envoy warms a DNS cluster (its first answers) before listeners serve it, and a changed
     cluster before it replaces the old one. udsproxy waits at most DNS_WARM_TIMEOUT: a name
     whose lookup takes longer joins its cluster when it answers (503 UH until then)."""
-    dns = [c for c in clusters if c.resolver is not None]
+    dns = [c for c in clusters if c.resolver is not None or c.checker is not None]
     if not dns:
         return
+    # A health-checked cluster also waits for each host's first check (bounded by its timeout).
     answered = await asyncio.gather(*(c.warm(DNS_WARM_TIMEOUT) for c in dns))
     for cluster, ok in zip(dns, answered, strict=True):
         if not ok:

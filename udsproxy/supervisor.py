@@ -76,6 +76,8 @@ async def serve(
         inherited=inherited,
         request_stats=request_stats,
         loaded=loaded,
+        concurrency=workers,
+        worker=worker or 0,
     )
     server.primary = not worker  # one process publishes the process-wide server.* stats
     server.drain_time = drain_time

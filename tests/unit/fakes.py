@@ -18,6 +18,8 @@ def complete_connect(pool: ConnPool, conn: object) -> None:
     """The connect ``pool`` started (the fake loop collects it, never runs it) gave ``conn``."""
     pool.connecting -= 1
     pool.busy.add(conn)
+    if pool.resources is not None:
+        pool.resources.rq += 1  # as ConnPool._open: release() counts it out
     pool.release(conn)
 
 
@@ -95,6 +97,9 @@ class FakeTimer:
 class FakeTask:
     def add_done_callback(self, cb: Callable[[Any], None]) -> None:
         pass
+
+    def cancel(self) -> bool:
+        return True
 
 
 class FakeLoop:

@@ -35,6 +35,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "udsproxy.streaminfo",
             "udsproxy.codec",
             "udsproxy.router.routes",  # the route table: compiled config
+            "udsproxy.router.retry",  # a retry policy compiled, a request's retries (values)
+            "udsproxy.upstream.resources",  # a cluster's circuit breakers: counters and limits
             "udsproxy.headers",
             "udsproxy.headermatch",
             "udsproxy.pathnorm",
@@ -109,6 +111,8 @@ IO_FREE: tuple[str, ...] = (
     "udsproxy.config",
     "udsproxy.codec",
     "udsproxy.router.routes",
+    "udsproxy.router.retry",
+    "udsproxy.upstream.resources",
     "udsproxy.accesslog.formatter",
     "udsproxy.errors",
     "udsproxy.flags",

@@ -16,6 +16,7 @@ import pytest
 from tests.unit.fakes import FakeLoop
 from udsproxy.stats.store import ClusterStats
 from udsproxy.upstream.pool import ConnPool, PoolOverflow
+from udsproxy.upstream.resources import Resources
 
 
 class Conn:
@@ -65,7 +66,16 @@ class Pool:
         self.connects: list[Coroutine[Any, Any, None]] = []
         self._outcomes: list[BaseException | None] = []
         loop: asyncio.AbstractEventLoop = self.loop  # type: ignore[assignment]
-        self.pool = ConnPool(loop, self._connect, self.connects.append, self.stats, **limits)
+        idle = limits.pop("idle_timeout", 0.0)
+        resources = Resources(**limits) if limits else None  # the cluster's circuit breakers
+        self.pool = ConnPool(
+            loop,
+            self._connect,
+            self.connects.append,
+            self.stats,
+            idle_timeout=idle,
+            resources=resources,
+        )
 
     async def _connect(self) -> Conn:
         exc = self._outcomes.pop(0)
@@ -265,9 +275,10 @@ def test_max_pending_overflow_fails_the_waiter_at_once(pool):
 
 
 def test_max_pending_does_not_apply_to_an_idle_connection(pool):
-    p = pool(max_pending=0)
-    c = Conn(p.pool)
-    p.pool.release(c)  # a connection made before the limit was set
+    p = pool(max_pending=1)
+    (c,) = served(p, 1)
+    p.pool.release(c)
+    p.pool.resources.max_pending = 0
     assert p.take().conn is c
     w = p.take()
     assert isinstance(w.exc, PoolOverflow) and not p.connects

@@ -25,9 +25,11 @@ __all__ = [
     "NO_CLUSTER",
     "NO_HEALTHY_UPSTREAM",
     "NO_ROUTE",
+    "OVERLOADED_HEADERS",
     "PATH_NORMALIZATION_FAILED",
     "PATH_NORMALIZATION_REDIRECT",
     "PENDING_OVERFLOW",
+    "REQUEST_HEADER_TIMEOUT",
     "REQUEST_SANITIZED",
     "REQUEST_TIMEOUT",
     "SPECIAL_REQUEST_HEADERS",
@@ -36,10 +38,12 @@ __all__ = [
     "TOO_MANY_HEADERS",
     "UNDERSCORE_IN_HEADER",
     "UPGRADE_FAILED",
+    "UPSTREAM_PER_TRY_TIMEOUT",
     "UPSTREAM_PROTOCOL_ERROR",
     "UPSTREAM_TIMEOUT",
     "LocalReply",
     "date_header",
+    "retried",
     "status_line",
     "transport_failure",
 ]
@@ -196,6 +200,24 @@ UPSTREAM_PROTOCOL_ERROR = _reset(502, "protocol error", ResponseFlag.UPE, "proto
 UPSTREAM_TIMEOUT = LocalReply(
     504, "upstream request timeout", ResponseFlag.UT, "upstream_response_timeout", router=True
 )
+UPSTREAM_PER_TRY_TIMEOUT = LocalReply(
+    504, "upstream request timeout", ResponseFlag.UT, "upstream_per_try_timeout", router=True
+)
+# a circuit breaker's overflow: Envoy tells the client the upstream is overloaded
+OVERLOADED_HEADERS = ((b"x-envoy-overloaded", b"true"),)
+_RETRIED: dict[int, LocalReply] = {}
+
+
+def retried(reply: LocalReply) -> LocalReply:
+    """``reply`` after retries: Envoy's body says "retried and the latest reset reason"."""
+    out = _RETRIED.get(id(reply))
+    if out is None:
+        body = reply.body.replace(b"reset reason: ", b"retried and the latest reset reason: ", 1)
+        out = LocalReply(reply.code, body, reply.flag, reply.details, router=reply.router)
+        _RETRIED[id(reply)] = out
+    return out
+
+
 STREAM_IDLE_TIMEOUT = LocalReply(408, "stream timeout", ResponseFlag.SI, "stream_idle_timeout")
 UPGRADE_FAILED = LocalReply(403, "", 0, "upgrade_failed")
 BAD_REQUEST = _codec_error(400, "http1.codec_error")
@@ -207,3 +229,4 @@ UNDERSCORE_IN_HEADER = _codec_error(400, "http1.unexpected_underscore")
 PATH_NORMALIZATION_FAILED = LocalReply(400, "", 0, "path_normalization_failed")
 PATH_NORMALIZATION_REDIRECT = LocalReply(307, "", 0, "path_normalization_redirect")
 REQUEST_TIMEOUT = LocalReply(408, "request timeout", 0, "request_overall_timeout")
+REQUEST_HEADER_TIMEOUT = LocalReply(408, "request header timeout", 0, "request_header_timeout")

@@ -60,6 +60,7 @@ class RequestHead:
 
     __slots__ = (
         "authority",
+        "envoy_retry",
         "expect_continue",
         "headers",
         "host_seen",
@@ -90,6 +91,7 @@ class RequestHead:
         self.headers: list[tuple[bytes, bytes]] = []
         self.xff: bytes | None = None
         self.xfp: bytes | None = None
+        self.envoy_retry: list[tuple[bytes, bytes]] | None = None  # x-envoy-retry-on, -max-retries
         self.request_id_seen = False
         self.req_cl = -1
         self.req_chunked = False
@@ -139,6 +141,11 @@ class RequestHead:
         elif name == b"x-request-id":
             self.request_id_seen = True
             self.headers.append((name, value))
+        elif name == b"x-envoy-retry-on" or name == b"x-envoy-max-retries":
+            # the router honours them where Envoy would not have sanitized them; never forwarded
+            if self.envoy_retry is None:
+                self.envoy_retry = []
+            self.envoy_retry.append((name, value))
         # other hop-by-hop and sanitized headers are dropped
         return None
 
@@ -238,6 +245,7 @@ class RequestDecoder:
         "in_head",
         "max_header_bytes",
         "max_headers_count",
+        "on_message_begin",
         "parser",
         "scan",
         "stats",
@@ -258,6 +266,9 @@ class RequestDecoder:
         self.max_header_bytes = max_header_bytes
         self.max_headers_count = max_headers_count
         self.stats = stats
+        # llhttp's on_message_begin: none unless streams_from_first_byte() (httptools looks for
+        # it once, when a parser is made; a None one costs nothing)
+        self.on_message_begin: Callable[[], None] | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.cur: RequestHead | None = None  # being parsed
         self.error: LocalReply | None = None
@@ -276,6 +287,20 @@ class RequestDecoder:
         self.underscores_ok = type(self) is RequestDecoder
         # llhttp is at a message boundary, so the scanner may read what comes next
         self.fast = SCAN_REQUEST is not None
+
+    def streams_from_first_byte(self) -> None:
+        """Start each request's stream at the first byte of its head, not at its URL: where the
+        time a head takes to arrive is limited (request_headers_timeout), as Envoy's codec
+        starts the stream at message begin. A head that is still incomplete after a read then
+        always has its stream (``cur``), and the scanner's whole heads never pay for it."""
+        self.on_message_begin = self._begin
+        self.parser = httptools.HttpRequestParser(self)
+
+    def _begin(self) -> None:
+        if self.cur is None and not self.stopped:  # after "Connection: close", on_url refuses
+            self.cur = self.callbacks.new_stream()
+            self.header_bytes = 0
+            self.header_count = 0
 
     def reset(self) -> None:
         """A fresh parser for what follows: after a body moved by splice(2), or a dropped

@@ -16,6 +16,10 @@ from typing import Any, Literal, NamedTuple
 
 from udsproxy.accesslog.formatter import FormatError, compile_access_log
 from udsproxy.config import convert_filters as http_filter_types
+from udsproxy.config import convert_governance as governance
+from udsproxy.config import convert_health as health
+from udsproxy.config import convert_lb as lb
+from udsproxy.config import convert_mirror as mirror
 from udsproxy.config import convert_shaping as shaping
 from udsproxy.config import filter_schema
 from udsproxy.config.datasource import decode_base64
@@ -653,6 +657,7 @@ class _Converter:
                 "common_http_protocol_options", "upgrade_configs", "stream_idle_timeout",
                 "http_filters", "request_timeout", "generate_request_id", "normalize_path",
                 "merge_slashes", "path_with_escaped_slashes_action", "local_reply_config",
+                "request_headers_timeout", "drain_timeout", "http1_safe_max_connection_duration",
             ),
         )  # fmt: skip
         self.check_value(node, "codec_type", path, ("AUTO", "HTTP1"))
@@ -664,6 +669,9 @@ class _Converter:
             "max_request_headers_kb",
             "stream_idle_timeout",
             "request_timeout",
+            "request_headers_timeout",
+            "drain_timeout",
+            "http1_safe_max_connection_duration",
             "normalize_path",
             "merge_slashes",
             "path_with_escaped_slashes_action",
@@ -675,11 +683,17 @@ class _Converter:
         self.only(
             options,
             options_path,
-            ("idle_timeout", "max_headers_count", "headers_with_underscores_action"),
-        )
+            (
+                "idle_timeout", "max_headers_count", "headers_with_underscores_action",
+                "max_connection_duration",
+            ),
+        )  # fmt: skip
         kw.update(
-            _pick(options, "idle_timeout", "max_headers_count", "headers_with_underscores_action")
-        )
+            _pick(
+                options, "idle_timeout", "max_headers_count", "headers_with_underscores_action",
+                "max_connection_duration",
+            )
+        )  # fmt: skip
         logs_path = join(path, "access_log")
         logs = [
             self.access_log(x, item(logs_path, i)) for i, x in enumerate(node.get("access_log", []))
@@ -849,8 +863,17 @@ class _Converter:
         )
 
     def virtual_host(self, node: Node, path: str, body_limit: int) -> VirtualHost:
-        fields = ("name", "domains", "routes", "typed_per_filter_config", "cors")
+        fields = (
+            "name", "domains", "routes", "typed_per_filter_config", "cors", "retry_policy",
+            "include_request_attempt_count", "include_attempt_count_in_response",
+        )  # fmt: skip
         self.only(node, path, (*fields, *shaping.HEADER_FIELDS))
+        retry: dict[str, Any] = _pick(
+            node, "include_request_attempt_count", "include_attempt_count_in_response"
+        )
+        if "retry_policy" in node:
+            retry_path = join(path, "retry_policy")
+            retry["retry_policy"] = governance.retry_policy(self, node["retry_policy"], retry_path)
         routes_path = join(path, "routes")
         routes = [
             self.route(x, item(routes_path, i), body_limit)
@@ -862,6 +885,7 @@ class _Converter:
             routes=tuple(x for x in routes if x is not None),
             typed_per_filter_config=self.per_filter_config(node, path),
             **shaping.header_fields(self, node, path),
+            **retry,
         )
 
     def per_filter_config(self, node: Node, path: str) -> tuple[HttpFilter, ...]:
@@ -917,7 +941,7 @@ class _Converter:
     def route_action(self, node: Node, path: str) -> RouteAction | None:
         fields = (
             "cluster", "timeout", "prefix_rewrite", "upgrade_configs", "idle_timeout",
-            *shaping.ROUTE_ACTION_FIELDS,
+            "retry_policy", "request_mirror_policies", *shaping.ROUTE_ACTION_FIELDS,
         )  # fmt: skip
         self.only(node, path, fields)
         if "cluster" not in node:
@@ -925,28 +949,50 @@ class _Converter:
         self.route_clusters.append((join(path, "cluster"), node["cluster"]))
         kw = _pick(node, "cluster", "timeout", "prefix_rewrite", "idle_timeout")
         kw.update(shaping.host_rewrite(self, node, path))
+        if "request_mirror_policies" in node:
+            kw["request_mirror_policies"] = mirror.mirror_policies(
+                self,
+                node["request_mirror_policies"],
+                join(path, "request_mirror_policies"),
+                self.route_clusters,
+            )
+        if "retry_policy" in node:
+            retry_path = join(path, "retry_policy")
+            kw["retry_policy"] = governance.retry_policy(self, node["retry_policy"], retry_path)
         return RouteAction(upgrade_configs=self.upgrades(node, path), **kw)
 
     # --- clusters --------------------------------------------------------------------------------
 
     def cluster(self, node: Node, path: str) -> Cluster:
         fields = (
-            "name", "type", "lb_policy", "connect_timeout", "per_connection_buffer_limit_bytes",
+            "name", "type", "connect_timeout", "per_connection_buffer_limit_bytes", *lb.LB_FIELDS,
             "load_assignment", "typed_extension_protocol_options", "max_requests_per_connection",
-            "transport_socket", *_DNS_FIELDS,
+            "transport_socket", "circuit_breakers", "health_checks", *_DNS_FIELDS,
         )  # fmt: skip
         self.only(node, path, fields)
         self.check_value(node, "type", path, _CLUSTER_TYPES)
-        self.check_value(node, "lb_policy", path, ("ROUND_ROBIN",))
         name: str = node.get("name", "")
         written = node.get("type", "STATIC")
         cluster_type = written if written in _CLUSTER_TYPES else "STATIC"
         # the endpoints are checked against the type as written: a refused type is not STATIC
+        health_check = None
+        if "health_checks" in node:
+            checks_path = join(path, "health_checks")
+            health_check = health.health_checks(self, node["health_checks"], checks_path)
         endpoints = self.load_assignment(
-            node.get("load_assignment"), join(path, "load_assignment"), name, written
+            node.get("load_assignment"),
+            join(path, "load_assignment"),
+            name,
+            written,
+            checked="health_checks" in node,
         )
         kw = _pick(node, "connect_timeout", "per_connection_buffer_limit_bytes")
         kw.update(self.dns_options(node, path, cluster_type, endpoints))
+        kw.update(lb.lb_options(self, node, path))
+        if "outlier_detection" in node:
+            outlier_path = join(path, "outlier_detection")
+            outlier = lb.outlier_detection(self, node["outlier_detection"], outlier_path)
+            kw["outlier_detection"] = outlier
         options_path = join(path, "typed_extension_protocol_options")
         kw.update(
             self.protocol_options(node.get("typed_extension_protocol_options", {}), options_path)
@@ -961,6 +1007,12 @@ class _Converter:
             kw["max_requests_per_connection"] = node["max_requests_per_connection"]
         if "transport_socket" in node:
             kw["tls"] = self.upstream_tls(node["transport_socket"], join(path, "transport_socket"))
+        if "circuit_breakers" in node:
+            kw["circuit_breakers"] = governance.circuit_breakers(
+                self, node["circuit_breakers"], join(path, "circuit_breakers")
+            )
+        if health_check is not None:
+            kw["health_check"] = health_check
         return Cluster(name=name, endpoints=endpoints, **kw)
 
     def dns_options(
@@ -998,10 +1050,17 @@ class _Converter:
         return kw
 
     def load_assignment(
-        self, node: Node | None, path: str, cluster: str, cluster_type: str = "STATIC"
+        self,
+        node: Node | None,
+        path: str,
+        cluster: str,
+        cluster_type: str = "STATIC",
+        *,
+        checked: bool = False,
     ) -> tuple[Endpoint, ...]:
         """Endpoints of every locality, flattened. STATIC clusters want IP addresses, the DNS
-        types names; the endpoints of a refused type are not checked (its refusal says it)."""
+        types names; the endpoints of a refused type are not checked (its refusal says it).
+        ``checked``: the cluster has health checks (its endpoints' health_check_config acts)."""
         out: list[Endpoint] = []
         node = node or {}
         self.only(node, path, ("cluster_name", "endpoints"))
@@ -1012,17 +1071,20 @@ class _Converter:
                 self.refuse(
                     join(locality_path, "priority"),
                     f"priority {locality['priority']}",
-                    "only priority 0: failover between priorities needs health checks,"
-                    " which udsproxy does not support yet",
+                    "only priority 0: udsproxy has no failover between priority levels",
                 )
             where = self.locality(locality, locality_path)
             for j, lb_endpoint in enumerate(locality.get("lb_endpoints", [])):
                 lb_path = item(join(locality_path, "lb_endpoints"), j)
                 self.only(lb_endpoint, lb_path, ("endpoint", "load_balancing_weight", "metadata"))
                 endpoint = lb_endpoint.get("endpoint", {})
-                # health_check_config only steers active health checks (port, host name), which
-                # udsproxy refuses (cluster health_checks): without them it is inert in Envoy too.
                 self.only(endpoint, join(lb_path, "endpoint"), _ENDPOINT_FIELDS)
+                endpoint_health = health.endpoint_health(
+                    self,
+                    endpoint.get("health_check_config"),
+                    join(lb_path, "endpoint.health_check_config"),
+                    checked,
+                )
                 address_path = join(lb_path, "endpoint.address")
                 if "address" not in endpoint:
                     if "endpoint" in lb_endpoint:
@@ -1042,6 +1104,7 @@ class _Converter:
                             hostname=endpoint.get("hostname", ""),
                             metadata=_plain(lb_endpoint.get("metadata")),
                             **where,
+                            **endpoint_health,
                         )
                     )
         if not out:
@@ -1177,6 +1240,9 @@ def route_cluster_refs(listener: Listener, path: str) -> Iterator[tuple[str, str
             if route.route is not None:  # a direct_response names no cluster
                 route_path = item(join(item(vhosts_path, i), "routes"), j)
                 yield join(route_path, "route.cluster"), route.route.cluster
+                mirrors_path = join(route_path, "route.request_mirror_policies")
+                for k, policy in enumerate(route.route.request_mirror_policies):
+                    yield join(item(mirrors_path, k), "cluster"), policy.cluster
 
 
 def certificate_paths(listener: Listener, path: str) -> Iterator[tuple[str, TlsCertificate]]:

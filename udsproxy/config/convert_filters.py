@@ -10,6 +10,7 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
+from udsproxy.config import convert_shaping
 from udsproxy.config.convert_matchers import Reporter, header_matcher, string_matcher
 from udsproxy.config.filter_schema import (
     BROTLI_COMPRESSOR_TYPE,
@@ -25,6 +26,7 @@ from udsproxy.config.filter_schema import (
     GZIP_LEVELS,
     GZIP_STRATEGIES,
     HEADER_INPUT_TYPE,
+    LOCAL_RATELIMIT_TYPE,
     RBAC_ACTION_TYPE,
     RBAC_PER_ROUTE_TYPE,
     RBAC_TYPE,
@@ -39,6 +41,7 @@ from udsproxy.config.filter_schema import (
     Fraction,
     GzipConfig,
     GzipDecompressorConfig,
+    LocalRateLimit,
     MatcherCase,
     MatcherRules,
     Policy,
@@ -61,13 +64,16 @@ SUPPORTED = {
     DECOMPRESSOR_TYPE: "envoy.filters.http.decompressor",
     RBAC_TYPE: "envoy.filters.http.rbac",
     CSRF_TYPE: "envoy.filters.http.csrf",
+    LOCAL_RATELIMIT_TYPE: "envoy.filters.http.local_ratelimit",
 }
 
 
 _NAMES = ", ".join(sorted({*SUPPORTED.values(), "envoy.filters.http.router"}))
 
 
-_PER_ROUTE_NAMES = "CorsPolicy, HTTPFault, RBACPerRoute, CompressorPerRoute, CsrfPolicy"
+_PER_ROUTE_NAMES = (
+    "CorsPolicy, HTTPFault, RBACPerRoute, CompressorPerRoute, CsrfPolicy, LocalRateLimit"
+)
 
 
 def parse_http_filter(conv: Reporter, kind: str | None, config: Node, path: str) -> Any:
@@ -85,6 +91,8 @@ def parse_http_filter(conv: Reporter, kind: str | None, config: Node, path: str)
         return parse_rbac(conv, config, path)
     if kind == CSRF_TYPE:
         return parse_csrf(conv, config, path)
+    if kind == LOCAL_RATELIMIT_TYPE:
+        return parse_local_ratelimit(conv, config, path)
     return None
 
 
@@ -109,6 +117,8 @@ def parse_per_route(conv: Reporter, entries: Mapping[str, Node], path: str) -> t
             parsed = parse_compressor_per_route(conv, node, entry_path)
         elif kind == CSRF_TYPE:
             parsed = parse_csrf(conv, node, entry_path)
+        elif kind == LOCAL_RATELIMIT_TYPE:
+            parsed = parse_local_ratelimit(conv, node, entry_path, per_route=True)
         else:
             conv.refuse(entry_path, f"per-route config '{kind or ''}'", f"only {_PER_ROUTE_NAMES}")
             continue
@@ -561,3 +571,104 @@ def parse_csrf(conv: Reporter, node: Node, path: str) -> CsrfPolicy:
         else parse_fraction(conv, shadow, f"{path}.shadow_enabled", 0, runtime=True),
         additional_origins=tuple(x for x in origins if x is not None),
     )
+
+
+# LocalRateLimit fields udsproxy refuses, each with why (the rest are supported).
+_LOCAL_RATELIMIT_REFUSED = {
+    "descriptors": "per-descriptor buckets; the filter's one token bucket is supported",
+    "rate_limits": "descriptors from the request; the filter's one token bucket is supported",
+    "max_dynamic_descriptors": "descriptors are not supported",
+    "always_consume_default_token_bucket": "descriptors are not supported",
+    "vh_rate_limits": "route rate_limits descriptors are not supported",
+    "stage": "route rate_limits descriptors are not supported",
+    "local_rate_limit_per_downstream_connection": "the bucket is per worker process",
+    "local_cluster_rate_limit": "no local cluster membership to share the bucket by",
+    "request_headers_to_add_when_not_enforced": "not yet supported",
+    "enable_x_ratelimit_headers": "not yet supported",
+    "rate_limited_as_resource_exhausted": "a gRPC status; udsproxy proxies HTTP/1.1",
+}
+# envoy.type.v3.StatusCode's names of the statuses >= 400 (the validated tree holds names)
+_ERROR_CODES = {
+    "BadRequest": 400, "Unauthorized": 401, "PaymentRequired": 402, "Forbidden": 403,
+    "NotFound": 404, "MethodNotAllowed": 405, "NotAcceptable": 406,
+    "ProxyAuthenticationRequired": 407, "RequestTimeout": 408, "Conflict": 409, "Gone": 410,
+    "LengthRequired": 411, "PreconditionFailed": 412, "PayloadTooLarge": 413, "URITooLong": 414,
+    "UnsupportedMediaType": 415, "RangeNotSatisfiable": 416, "ExpectationFailed": 417,
+    "MisdirectedRequest": 421, "UnprocessableEntity": 422, "Locked": 423,
+    "FailedDependency": 424, "UpgradeRequired": 426, "PreconditionRequired": 428,
+    "TooManyRequests": 429, "RequestHeaderFieldsTooLarge": 431, "InternalServerError": 500,
+    "NotImplemented": 501, "BadGateway": 502, "ServiceUnavailable": 503, "GatewayTimeout": 504,
+    "HTTPVersionNotSupported": 505, "VariantAlsoNegotiates": 506, "InsufficientStorage": 507,
+    "LoopDetected": 508, "NotExtended": 510, "NetworkAuthenticationRequired": 511,
+}  # fmt: skip
+_MIN_FILL_INTERVAL = 0.05  # Envoy's "fill timer must be >= 50ms"
+
+
+def parse_local_ratelimit(
+    conv: Reporter, node: Node, path: str, *, per_route: bool = False
+) -> LocalRateLimit | None:
+    """envoy.filters.http.local_ratelimit's LocalRateLimit (filter or per-route config)."""
+    fields = (
+        "stat_prefix", "token_bucket", "filter_enabled", "filter_enforced", "status",
+        "response_headers_to_add",
+    )  # fmt: skip
+    for key in node:
+        if key in _LOCAL_RATELIMIT_REFUSED:
+            conv.refuse(f"{path}.{key}", note=_LOCAL_RATELIMIT_REFUSED[key])
+    conv.only(node, path, (*fields, *_LOCAL_RATELIMIT_REFUSED))
+    ok = True
+    if not node.get("stat_prefix"):
+        conv.error(f"{path}.stat_prefix", "is required and must not be empty")
+        ok = False
+    kw: dict[str, Any] = {}
+    bucket = node.get("token_bucket")
+    if bucket is None:
+        if per_route:  # Envoy: a per-route config without a bucket would limit nothing
+            conv.error(
+                f"{path}.token_bucket",
+                "local rate limit token bucket must be set for per filter configs",
+            )
+            ok = False
+    else:
+        bucket_path = f"{path}.token_bucket"
+        conv.only(bucket, bucket_path, ("max_tokens", "tokens_per_fill", "fill_interval"))
+        kw["max_tokens"] = int(bucket.get("max_tokens", 0))
+        kw["tokens_per_fill"] = int(bucket.get("tokens_per_fill", 1))
+        interval = float(bucket.get("fill_interval", 0.0))
+        if kw["max_tokens"] <= 0:
+            conv.error(f"{bucket_path}.max_tokens", "must be greater than 0")
+            ok = False
+        if kw["tokens_per_fill"] <= 0:
+            conv.error(f"{bucket_path}.tokens_per_fill", "must be greater than 0")
+            ok = False
+        if "fill_interval" not in bucket:
+            conv.error(f"{bucket_path}.fill_interval", "is required")
+            ok = False
+        elif int(interval * 1000) < _MIN_FILL_INTERVAL * 1000:  # Envoy reads whole ms
+            message = "local rate limit token bucket fill timer must be >= 50ms"
+            conv.error(f"{bucket_path}.fill_interval", message)
+            ok = False
+        kw["fill_interval"] = int(interval * 1000) / 1000
+    for key in ("filter_enabled", "filter_enforced"):
+        if key in node:  # absent: 0%, as in Envoy
+            kw[key] = parse_fraction(conv, node[key], f"{path}.{key}", 0, runtime=True)
+    if "status" in node:
+        status_path = f"{path}.status"
+        conv.only(node["status"], status_path, ("code",))
+        name = node["status"].get("code")
+        if not name:
+            conv.error(f"{status_path}.code", "is required")
+            ok = False
+        # Envoy answers 429 for a status below 400 (the names not in the table)
+        kw["status"] = _ERROR_CODES.get(str(name), 429)
+    if "response_headers_to_add" in node:
+        options = convert_shaping.header_options(
+            conv,  # type: ignore[arg-type]  # only its Reporter part is used
+            node["response_headers_to_add"],
+            f"{path}.response_headers_to_add",
+            request=False,
+        )
+        kw["response_headers_to_add"] = options
+    if not ok:
+        return None
+    return LocalRateLimit(stat_prefix=node.get("stat_prefix", ""), **kw)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from udsproxy.config.schema import HeaderMatcher, StringMatcher
+from udsproxy.config.schema import HeaderMatcher, HeaderValueOption, StringMatcher
 
 # typed_config @types
 CORS_TYPE = "envoy.extensions.filters.http.cors.v3.Cors"
@@ -25,6 +25,7 @@ RBAC_PER_ROUTE_TYPE = "envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
 RBAC_ACTION_TYPE = "envoy.config.rbac.v3.Action"
 HEADER_INPUT_TYPE = "envoy.type.matcher.v3.HttpRequestHeaderMatchInput"
 CSRF_TYPE = "envoy.extensions.filters.http.csrf.v3.CsrfPolicy"
+LOCAL_RATELIMIT_TYPE = "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -209,3 +210,19 @@ class CsrfPolicy:
     filter_enabled: Fraction
     shadow_enabled: Fraction | None = None
     additional_origins: tuple[StringMatcher, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalRateLimit:
+    """local_ratelimit's LocalRateLimit (also its per-route form: the same message in
+    typed_per_filter_config, where token_bucket is required)."""
+
+    stat_prefix: str
+    # token_bucket; fill_interval 0 (no token_bucket): no bucket, every request is allowed
+    max_tokens: int = 0
+    tokens_per_fill: int = 1
+    fill_interval: float = 0.0  # seconds
+    filter_enabled: Fraction | None = None  # None: 0%, the bucket is never consulted
+    filter_enforced: Fraction | None = None  # None: 0%, no request is refused
+    status: int = 429
+    response_headers_to_add: tuple[HeaderValueOption, ...] = ()

@@ -16,9 +16,9 @@ __all__ = [
     "AccessLog",
     "AccessLogFilter",
     "Address",
-    "CircuitBreakerThresholds",
     "Admin",
     "Bootstrap",
+    "CircuitBreakerThresholds",
     "Cluster",
     "DataSource",
     "DirectResponse",
@@ -26,8 +26,8 @@ __all__ = [
     "DynamicResources",
     "Endpoint",
     "HeaderMatcher",
-    "HealthCheck",
     "HeaderValueOption",
+    "HealthCheck",
     "HttpConnectionManager",
     "HttpFilter",
     "Listener",
@@ -522,6 +522,8 @@ class Cluster:
     healthy_panic_threshold: float = 50.0
     outlier_detection: OutlierDetection | None = None  # upstream.outlier
     health_check: HealthCheck | None = None  # health_checks[0] (udsproxy.upstream.health_check)
+    # common_lb_config's: a host is out of the load balancer until its first health check
+    ignore_new_hosts_until_first_hc: bool = False
     # circuit_breakers.thresholds by priority; empty: none configured
     circuit_breakers: tuple[CircuitBreakerThresholds, ...] = ()
     # Service discovery (udsproxy.dns): endpoints are names unless STATIC.

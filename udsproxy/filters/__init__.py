@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from udsproxy.config import filter_schema as fs
-from udsproxy.filters import compressor, cors, csrf, decompressor, fault, rbac
+from udsproxy.filters import compressor, cors, csrf, decompressor, fault, local_ratelimit, rbac
 from udsproxy.filters.base import DEFAULT_RUNTIME, FilterChain, HttpFilter, Runtime
 
 if TYPE_CHECKING:
@@ -27,9 +27,10 @@ def build_chain(
     store: StatsStore,
     stat_prefix: str,
     runtime: Runtime = DEFAULT_RUNTIME,
+    workers: int = 1,
 ) -> FilterChain | None:
     """Compile a connection manager's filters; None when it has none (then the stream skips
-    every filter hook)."""
+    every filter hook). ``workers``: the processes serving (local_ratelimit splits its bucket)."""
     if not filters:
         return None
     root = f"http.{stat_prefix}."
@@ -60,6 +61,11 @@ def build_chain(
         elif isinstance(config, fs.CsrfPolicy):
             stats = store.filter_stats(root + "csrf.")
             built.append(csrf.CsrfFilter(f.name, config, runtime, stats))
+        elif isinstance(config, fs.LocalRateLimit):
+            # stats at the root, <stat_prefix>.http_local_rate_limit.*, as in Envoy
+            built.append(
+                local_ratelimit.LocalRateLimitFilter(f.name, config, runtime, store, workers)
+            )
     encodings = frozenset(
         x.config.encoding for x in built if isinstance(x, compressor.CompressorFilter)
     )

@@ -30,6 +30,7 @@ from udsproxy.upstream.connection import BLOCK_SPLICE as UPSTREAM_BLOCK_SPLICE
 if TYPE_CHECKING:
     from udsproxy.http.conn_manager import ListenerContext
     from udsproxy.pathnorm import PathNormalizer
+    from udsproxy.router.retry import RetryState
     from udsproxy.router.routes import CompiledRoute
     from udsproxy.streaminfo import Peer
     from udsproxy.upstream.connection import UpstreamConnection
@@ -92,6 +93,10 @@ class RouterLike(Protocol):
 
     def encode_request(self, s: ActiveStream) -> list[bytes]: ...
 
+    def shadow(self, s: ActiveStream, route: CompiledRoute) -> None: ...
+
+    def on_per_try_timeout(self, s: ActiveStream) -> None: ...
+
 
 _LAST_CHUNK_LEN = len(LAST_CHUNK)
 _CONNECTION_CLOSE = b"connection: close\r\n"
@@ -128,6 +133,7 @@ class ActiveStream(FilterCallbacks):
         "response_has_no_body",
         "response_started",
         "retain_body",
+        "retry_state",
         "route",
         "router",
         "tunnel_buf",
@@ -156,6 +162,7 @@ class ActiveStream(FilterCallbacks):
         self.req_coder = None  # request body decompression
         self.resp_coder = None  # response body (de)compression
         self.upstream: UpstreamHandle | None = None  # the try in flight
+        self.retry_state: RetryState | None = None  # the route's retry policy at work
         self.head = b""
         self.deadline = 0.0
         self.response_started = False
@@ -194,7 +201,7 @@ class ActiveStream(FilterCallbacks):
                     # the body, but read no more until it has gone upstream.
                     conn.block_reading(BLOCK_BODY_BUFFER, True)
                 else:
-                    self._drop_body()  # too big to replay: no retry for this one
+                    self._abandon_body()  # too big to replay: no retry for this one
         if up is not None:
             up.send_data(data, self.req_chunked)
 
@@ -239,8 +246,11 @@ class ActiveStream(FilterCallbacks):
             self.pump_request()  # what the decompressor holds, then the last chunk
         elif up is not None and up.send_end(self.req_chunked):
             self.last_upstream_tx_mono = self.last_downstream_rx_mono
-        if self.route is not None and not self.done:
+        route = self.route
+        if route is not None and not self.done:
             self.arm_route_timeout()
+            if route.mirror_policies is not None:
+                self.router.shadow(self, route)  # the request is whole: its mirrors go out
 
     def on_request_error(self, reply: http1.LocalReply) -> None:
         """The active request turned out malformed mid-body."""
@@ -351,7 +361,7 @@ class ActiveStream(FilterCallbacks):
         self.attempt_count += 1
         data = self.router.encode_request(self)
         if self.conn.body_buffered > self.ctx.buffer_limit:
-            self._drop_body()
+            self._abandon_body()
         return data
 
     def on_request_sent(self, conn: UpstreamConnection) -> None:
@@ -368,9 +378,23 @@ class ActiveStream(FilterCallbacks):
         if route is not None and route.timeout > 0 and self.upgrade is None:
             self.deadline = self.ctx.loop.time() + route.timeout
             self.conn.arm(self.deadline)
-        if route is not None and route.idle_timeout:
-            # shorter than the route timeout, possibly: wake for it (check_timeouts re-arms)
-            self.conn.arm(self.conn.last_io + route.idle_timeout)
+        if self.retry_state is not None:
+            self.arm_per_try_timeout()
+        if route is not None:
+            # the stream idle timeout (the route's, else the HCM's), where it may come first:
+            # wake for it (check_timeouts re-arms)
+            idle = route.idle_timeout
+            if idle is None:
+                idle = self.ctx.stream_idle_timeout
+            if idle and (idle < route.timeout or not self.deadline):
+                self.conn.arm(self.conn.last_io + idle)
+
+    def arm_per_try_timeout(self) -> None:
+        """The try in flight, the whole request held: its per_try_timeout starts."""
+        rs = self.retry_state
+        if rs is not None and rs.policy.per_try_timeout > 0 and self.upgrade is None:
+            rs.try_deadline = self.ctx.loop.time() + rs.policy.per_try_timeout
+            self.conn.arm(rs.try_deadline)
 
     # -- encoding the response -------------------------------------------------------------------
     def encode_interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
@@ -547,8 +571,26 @@ class ActiveStream(FilterCallbacks):
     # -- timeouts and the client's side ----------------------------------------------------------
     def check_timeouts(self, now: float) -> float:
         """Called by the connection's timer; returns the next deadline to wake for (0: none)."""
+        rs = self.retry_state
+        if rs is None:
+            return self._route_timeouts(now)
+        if rs.try_deadline and now >= rs.try_deadline:
+            rs.try_deadline = 0.0
+            self.router.on_per_try_timeout(self)  # a retry arms it again
+            if self.done:
+                return 0.0
+        nxt = self._route_timeouts(now)
+        if rs.try_deadline and not self.done and (not nxt or rs.try_deadline < nxt):
+            nxt = rs.try_deadline
+        return nxt
+
+    def _route_timeouts(self, now: float) -> float:
+        """The route timeout and the stream idle timeout."""
         if self.deadline and now >= self.deadline:
             if self.request_complete:
+                ureq, host = self.upstream, self.host
+                if host is not None and host.outlier is not None and not self.response_started:
+                    host.outlier.put_timeout(ureq is not None and ureq.conn is not None)
                 self._timeout(http1.UPSTREAM_TIMEOUT)
             else:
                 self.ctx.http_stats.downstream_rq_timeout += 1
@@ -612,6 +654,12 @@ class ActiveStream(FilterCallbacks):
         self.take_held_body()
         self.retain_body = False
 
+    def _abandon_body(self) -> None:
+        """The body outgrew the buffer limit: it can no longer be sent again."""
+        if self.retry_state is not None and self.host is not None:
+            self.host.cluster.stats.retry_or_shadow_abandoned += 1
+        self._drop_body()
+
     def _drop_upstream(self) -> None:
         ureq = self.upstream
         if ureq is not None:
@@ -637,7 +685,13 @@ class ActiveStream(FilterCallbacks):
         self.response_flags |= reply.flag
         body = reply.body
         ctx = self.ctx
-        close = close or not self.keep_alive or not self.request_complete or ctx.draining
+        close = (
+            close
+            or not self.keep_alive
+            or not self.request_complete
+            or ctx.draining
+            or self.close_after
+        )
         route = self.route
         if ctx.local_reply is not None or (
             reply.router and route is not None and route.response_mutations is not None
@@ -716,8 +770,8 @@ class ActiveStream(FilterCallbacks):
         conn = self.conn
         if not self.request_complete and self.response_started:
             self.ctx.http_stats.downstream_rq_response_before_rq_complete += 1
-        if self.retried and self.host is not None and 0 < self.response_code < 500:
-            self.host.cluster.stats.upstream_rq_retry_success += 1
+        if self.retry_state is not None:
+            self.retry_state.release()  # its max_retries slot, its back-off timer
         if self.body_size:
             self._drop_body()
         # whatever this stream paused on the client side is released with it

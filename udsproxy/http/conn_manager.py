@@ -66,6 +66,7 @@ class ListenerContext:
         request_stats: bool = True,
         batched: bool = False,
         runtime: Runtime | None = None,
+        workers: int = 1,
     ) -> None:
         hcm = listener.http_connection_manager
         self.runtime = runtime  # the server's layered runtime (filters read their keys)
@@ -92,6 +93,11 @@ class ListenerContext:
             else None
         )
         self.request_timeout = hcm.request_timeout
+        self.request_headers_timeout = hcm.request_headers_timeout  # 0: off
+        # max_connection_duration (0: none), then drain_timeout; 0 drain: the next response
+        # closes and nothing closes an idle connection (http1_safe_max_connection_duration)
+        self.max_connection_duration = hcm.max_connection_duration
+        self.duration_drain = 0.0 if hcm.http1_safe_max_connection_duration else hcm.drain_timeout
         self.generate_request_id = hcm.generate_request_id
         # None unless a normalization is on: the data path tests one attribute
         paths = (hcm.normalize_path, hcm.merge_slashes, hcm.path_with_escaped_slashes_action)
@@ -118,7 +124,7 @@ class ListenerContext:
         # the http filters before the router; None when there are none (the stream's hooks
         # then cost one attribute test each)
         self.filters = build_chain(
-            hcm.http_filters, self.route_table, store, hcm.stat_prefix, RuntimeOf(self)
+            hcm.http_filters, self.route_table, store, hcm.stat_prefix, RuntimeOf(self), workers
         )
         # one attribute for the data path to test: anything to do before the router?
         self.before_routing = self.path_normalizer is not None or self.filters is not None
@@ -229,7 +235,8 @@ class ListenerContext:
             if host is not None:
                 cs = host.cluster.stats
                 if flags & ResponseFlag.UT:
-                    cs.upstream_rq_timeout += 1
+                    if s.response_code_details != "upstream_per_try_timeout":
+                        cs.upstream_rq_timeout += 1  # the route's timeout (Envoy's meaning)
                     host.rq_timeout += 1
                 if flags & ResponseFlag.UC:
                     cs.upstream_rq_rx_reset += 1
@@ -237,5 +244,3 @@ class ListenerContext:
                     cs.upstream_rq_tx_reset += 1
         elif code == 403 and s.response_code_details == "upgrade_failed":
             self.http_stats.downstream_rq_ws_on_non_ws_route += 1
-        if s.retried and host is not None:
-            host.cluster.stats.upstream_rq_retry += 1

@@ -14,15 +14,20 @@ from typing import TYPE_CHECKING
 from udsproxy.codec import http1
 from udsproxy.codec.encode import CRLF, LAST_CHUNK, chunk_head, request_head
 from udsproxy.codec.http1 import LocalReply
+from udsproxy.flags import ResponseFlag
 from udsproxy.http.header_mutation import append_forwarded_host
+from udsproxy.router import shadow as mirroring
+from udsproxy.router.retry import NO_POLICY, RetryState
 from udsproxy.router.upstream_request import UpstreamRequest
 from udsproxy.upstream.cluster import connect_failure_reason
 from udsproxy.upstream.pool import PoolOverflow
 from udsproxy.upstream_tls import TlsConnectError
 
 if TYPE_CHECKING:
+    from udsproxy.codec.response import ResponseDecoder
     from udsproxy.http.active_stream import ActiveStream
     from udsproxy.router.routes import CompiledRoute, RequestShaping
+    from udsproxy.upstream.cluster import Cluster, Host
     from udsproxy.upstream.connection import UpstreamConnection
 
 __all__ = ["ROUTER", "Router"]
@@ -59,10 +64,22 @@ class Router:
         s.head = self._encode_head(s, route)
         if s.expect_continue and not s.request_complete and not s.http10:
             s.conn.write(_CONTINUE)
+        policy = route.retry_policy
+        if s.envoy_retry is not None and not s.ctx.use_remote_address:
+            # not the edge: Envoy would not have sanitized them, and honours them
+            policy = (policy or NO_POLICY).with_headers(s.envoy_retry)
+        if (policy is not None and policy.applies(s)) or route.attempt_count_in_response:
+            s.retry_state = RetryState(policy or NO_POLICY, cluster.resources)
         upstream = s.upstream = UpstreamRequest(s, host, self)
         upstream.start()
         if s.request_complete and not s.done:
             s.arm_route_timeout()
+            if route.mirror_policies is not None:
+                mirroring.shadow(s, route)  # request_mirror_policies (router/shadow.py)
+
+    def shadow(self, s: ActiveStream, route: CompiledRoute) -> None:
+        """A request with mirror policies is complete (the stream's decode_complete)."""
+        mirroring.shadow(s, route)
 
     def _encode_head(self, s: ActiveStream, route: CompiledRoute) -> bytes:
         if route.request_shaping is not None:
@@ -104,7 +121,11 @@ class Router:
 
     def encode_request(self, s: ActiveStream) -> list[bytes]:
         """The head and the body held so far (and the last chunk if the request is whole)."""
-        data = [s.head]
+        head = s.head
+        route = s.route
+        if route is not None and route.attempt_count_header:
+            head = b"%sx-envoy-attempt-count: %d\r\n\r\n" % (head[:-2], s.attempt_count)
+        data = [head]
         if s.body:
             if s.req_chunked:
                 for chunk in s.body:
@@ -137,10 +158,16 @@ class Router:
         if s.done or s.upstream is not upstream:
             return
         s.upstream = None
+        rs = s.retry_state
         if isinstance(exc, PoolOverflow):
-            s.local_reply(http1.PENDING_OVERFLOW)
+            # a circuit breaker: never retried (Envoy)
+            reply = http1.PENDING_OVERFLOW
+            s.local_reply(reply if rs is None or not rs.retried else http1.retried(reply),
+                          extra=http1.OVERLOADED_HEADERS)  # fmt: skip
             return
         host = upstream.host
+        if host.outlier is not None:  # a breaker's overflow (above) is not the host's failure
+            host.outlier.put_connect_failure()
         reason = connect_failure_reason(exc)
         s.upstream_transport_failure_reason = reason
         host.cx_connect_fail += 1
@@ -149,7 +176,13 @@ class Router:
         if reason == "connection timeout":
             cs.upstream_cx_connect_timeout += 1
         # a TLS handshake's reply names its failure
-        s.local_reply(exc.reply if isinstance(exc, TlsConnectError) else http1.CONNECT_FAILURE)
+        reply = exc.reply if isinstance(exc, TlsConnectError) else http1.CONNECT_FAILURE
+        if rs is not None:
+            if rs.policy.retriable_reset(True) and self._retry(s, rs, host):
+                return
+            if rs.retried:
+                reply = http1.retried(reply)
+        s.local_reply(reply)
 
     def on_upstream_reset(
         self, s: ActiveStream, upstream: UpstreamRequest, reply: LocalReply, no_response: bool
@@ -162,6 +195,9 @@ class Router:
             s.upstream = None
         if s.done:
             return
+        outlier = upstream.host.outlier
+        if outlier is not None and not (no_response and upstream.reused):  # stale: not counted
+            outlier.put_reset()
         if s.response_started:
             s.response_flags |= reply.flag
             s.conn.abort()
@@ -180,7 +216,109 @@ class Router:
             retry = s.upstream = UpstreamRequest(s, upstream.host, self)
             retry.start(fresh=True)
             return
+        rs = s.retry_state
+        if rs is not None:
+            if rs.policy.retriable_reset(False) and self._retry(s, rs, upstream.host):
+                return
+            if rs.retried:
+                reply = http1.retried(reply)
         s.local_reply(reply)
+
+    # -- retries (route retry_policy) ----------------------------------------------------------
+    def on_response(
+        self, s: ActiveStream, upstream: UpstreamRequest, codec: ResponseDecoder
+    ) -> bool:
+        """A try's response head, before it goes downstream (streams with a RetryState only).
+        True: it is retried instead (the try's connection is dropped)."""
+        rs = s.retry_state
+        assert rs is not None
+        code = codec.status
+        if rs.policy.retriable_response(code, codec.headers):
+            if self._retry(s, rs, upstream.host):
+                conn = upstream.conn
+                upstream.conn = None
+                if conn is not None:
+                    conn.codec.callbacks = None  # the rest of this response is not relayed
+                    conn.abort()
+                return True
+        elif rs.retried:
+            upstream.host.cluster.stats.upstream_rq_retry_success += 1
+        if s.route is not None and s.route.attempt_count_in_response:
+            codec.headers.append((b"x-envoy-attempt-count", b"%d" % s.attempt_count))
+            codec.block = None
+        return False
+
+    def _retry(self, s: ActiveStream, rs: RetryState, host: Host) -> bool:
+        """Schedule another try if the request, the policy, the breaker and the clock allow.
+        The caller checked the failure is one the policy retries."""
+        if s.response_started or not s.request_complete or not s.retain_body:
+            return False
+        cs = host.cluster.stats
+        if rs.retried >= rs.policy.num_retries:
+            cs.upstream_rq_retry_limit_exceeded += 1
+            s.response_flags |= ResponseFlag.URX
+            return False
+        loop = s.ctx.loop
+        delay = rs.back_off()
+        if s.deadline and loop.time() + delay >= s.deadline:
+            return False  # the route timeout covers every try: it fires first
+        res = rs.resources
+        if not rs.holding:
+            if res is not None and res.retries >= res.max_retries:
+                cs.upstream_rq_retry_overflow += 1
+                s.response_flags |= ResponseFlag.UO
+                return False
+            rs.holding = True
+            if res is not None:
+                res.retries += 1
+        rs.retried += 1
+        rs.try_deadline = 0.0
+        rs.failed_host = host
+        cs.upstream_rq_retry += 1
+        cs.upstream_rq_retry_backoff_exponential += 1
+        s.upstream = None
+        rs.timer = loop.call_later(delay, self._start_retry, s, host.cluster)
+        return True
+
+    def _start_retry(self, s: ActiveStream, cluster: Cluster) -> None:
+        rs = s.retry_state
+        assert rs is not None
+        rs.timer = None
+        if s.done:
+            return
+        host = cluster.pick(rs.failed_host)
+        if host is None:
+            cluster.stats.upstream_cx_none_healthy += 1
+            s.local_reply(http1.NO_HEALTHY_UPSTREAM)
+            return
+        s.host = host
+        s.upstream_host = host.text
+        upstream = s.upstream = UpstreamRequest(s, host, self)
+        upstream.start()
+        if not s.done and s.upstream is upstream:
+            s.arm_per_try_timeout()
+
+    def on_per_try_timeout(self, s: ActiveStream) -> None:
+        """The try in flight took longer than per_try_timeout: retried, or 504 UT."""
+        upstream = s.upstream
+        if s.done or not isinstance(upstream, UpstreamRequest):
+            return
+        host = upstream.host
+        host.cluster.stats.upstream_rq_per_try_timeout += 1
+        if host.outlier is not None:
+            host.outlier.put_timeout(upstream.conn is not None)
+        s.upstream = None
+        upstream.reset()
+        if s.response_started:
+            s.response_flags |= ResponseFlag.UT
+            s.conn.abort()
+            s.finish(True)
+            return
+        rs = s.retry_state
+        assert rs is not None
+        if rs.policy.retriable_reset(False) and self._retry(s, rs, host):
+            return
+        s.local_reply(http1.UPSTREAM_PER_TRY_TIMEOUT)
 
 
 ROUTER = Router()

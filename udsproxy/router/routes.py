@@ -17,9 +17,11 @@ from typing import Any
 from udsproxy.codec import http1
 from udsproxy.config import schema
 from udsproxy.config.datasource import read as read_data_source
+from udsproxy.config.filter_schema import Fraction
 from udsproxy.headers import HeaderMutations, compile_mutations
+from udsproxy.router.retry import RetryPolicy
 
-__all__ = ["CompiledRoute", "RequestShaping", "RouteTable"]
+__all__ = ["CompiledRoute", "MirrorPolicy", "RequestShaping", "RouteTable"]
 
 _MAX_HOST_CACHE = 1024
 
@@ -45,6 +47,24 @@ class RequestShaping:
         )
 
 
+class MirrorPolicy:
+    """One of a route's request_mirror_policies: the shadow cluster, how many requests go there
+    (runtime_fraction), and the Host the shadow carries."""
+
+    __slots__ = ("cluster", "fraction", "host_literal", "suffix")
+
+    def __init__(self, policy: schema.RequestMirrorPolicy) -> None:
+        self.cluster = policy.cluster
+        self.fraction = Fraction(
+            numerator=policy.numerator,
+            denominator=policy.denominator,
+            runtime_key=policy.runtime_key,
+        )
+        literal = policy.host_rewrite_literal
+        self.host_literal = literal.encode() if literal is not None else None
+        self.suffix = not policy.disable_shadow_host_suffix_append
+
+
 _NO_ACTION = schema.RouteAction(cluster="")  # a direct_response route's: nothing upstream
 
 
@@ -63,17 +83,21 @@ class CompiledRoute:
     when not configured, so the data path tests one attribute each."""
 
     __slots__ = (
+        "attempt_count_header",
+        "attempt_count_in_response",
         "cluster",
         "direct_response",
         "expected_timeout_header",
         "filter_configs",
         "filter_levels",
         "idle_timeout",
+        "mirror_policies",
         "name",
         "prefix",
         "prefix_rewrite",
         "request_shaping",
         "response_mutations",
+        "retry_policy",
         "timeout",
         "upgrade_types",
         "vhost_name",
@@ -110,7 +134,16 @@ class CompiledRoute:
         )
         self.direct_response = _direct_response(route.direct_response, config)
         self.cluster = action.cluster
+        # the route's retry_policy, else its virtual host's; None: no retries
+        policy = action.retry_policy or vhost.retry_policy
+        self.retry_policy = RetryPolicy.compile(policy) if policy is not None else None
+        self.attempt_count_header = vhost.include_request_attempt_count
+        self.attempt_count_in_response = vhost.include_attempt_count_in_response
         self.timeout = action.timeout
+        # None without mirroring: the router tests this one attribute when a request completes
+        self.mirror_policies = (
+            tuple(MirrorPolicy(p) for p in action.request_mirror_policies) or None
+        )
         self.idle_timeout = action.idle_timeout
         ms = int(action.timeout * 1000)
         # Envoy sends the route timeout upstream whenever it is set.

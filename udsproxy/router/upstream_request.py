@@ -37,6 +37,10 @@ class RouterCallbacks(Protocol):
         self, s: ActiveStream, upstream: UpstreamRequest, reply: LocalReply, no_response: bool
     ) -> None: ...
 
+    def on_response(
+        self, s: ActiveStream, upstream: UpstreamRequest, codec: ResponseDecoder
+    ) -> bool: ...
+
 
 __all__ = ["UpstreamRequest"]
 
@@ -168,14 +172,20 @@ class UpstreamRequest:
         self.stream.encode_interim(codec.status, codec.headers)
 
     def on_response_headers(self, codec: ResponseDecoder) -> None:
-        self.stream.encode_headers(codec.status, codec.headers, codec.content_length, codec.block)
+        if self.host.outlier is not None:  # outlier detection sees every try's status
+            self.host.outlier.put_http_response_code(codec.status)
+        s = self.stream
+        if s.retry_state is not None and self.router.on_response(s, self, codec):
+            return  # retried: this response goes nowhere
+        s.encode_headers(codec.status, codec.headers, codec.content_length, codec.block)
 
     def on_response_body(self, data: bytes | memoryview) -> None:
         self.stream.encode_data(data)
 
     def on_response_complete(self) -> None:
         conn = self.conn
-        assert conn is not None
+        if conn is None:
+            return  # a response being retried: the connection was dropped
         self.conn = None
         s = self.stream
         self.router.release(s, self, conn)
@@ -191,7 +201,8 @@ class UpstreamRequest:
 
     def on_protocol_error(self) -> None:
         conn = self.conn
-        assert conn is not None
+        if conn is None:
+            return  # a response being retried: the connection was dropped
         conn.stats.upstream_cx_protocol_error += 1
         self.conn = None
         conn.abort()

@@ -7,13 +7,13 @@ are summed across worker processes and rendered by ``udsproxy.stats.render``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from udsproxy.stats import DEFAULT_BUCKETS
 
 __all__ = [
-    "BOUNDS", "ClusterStats", "FilterStats", "HostKey", "HttpStats", "ListenerStats", "Raw",
-    "SslStats", "StatsStore", "Tally",
+    "BOUNDS", "ClusterStats", "FilterStats", "HealthCheckStats", "HostKey", "HttpStats",
+    "ListenerStats", "OutlierStats", "Raw", "SslStats", "StatsStore", "Tally",
 ]  # fmt: skip
 
 # (counters, gauges, histograms): histograms as name -> [sum, count, *bucket counts]
@@ -103,6 +103,8 @@ class HttpStats:
     downstream_rq_response_before_rq_complete: int
     downstream_rq_non_relative_path: int
     downstream_rq_timeout: int  # request_timeout
+    downstream_rq_header_timeout: int  # request_headers_timeout
+    downstream_cx_max_duration_reached: int  # max_connection_duration
     downstream_rq_failed_path_normalization: int
     downstream_rq_redirected_with_normalized_path: int
     no_route: int
@@ -191,6 +193,18 @@ class ListenerStats:
         self.entries = {}
 
 
+class BreakerGauges(Protocol):
+    def dump_gauges(self, prefix: str, gauges: dict[str, int]) -> None: ...
+
+
+_BREAKER_OPEN = ("cx_open", "cx_pool_open", "rq_pending_open", "rq_open", "rq_retry_open")
+
+
+def _closed_breakers(prefix: str, gauges: dict[str, int]) -> None:
+    for name in _BREAKER_OPEN:
+        gauges[prefix + name] = 0
+
+
 class ClusterStats:
     """cluster.<name>.*"""
 
@@ -217,6 +231,7 @@ class ClusterStats:
     upstream_rq_retry_backoff_exponential: int
     upstream_rq_per_try_timeout: int
     retry_or_shadow_abandoned: int  # body over the buffer limit: no retry, no mirror
+    upstream_rq_shadow_overflow: int  # udsproxy's: a mirror dropped, shadows in flight at the cap
     upstream_rq_rx_reset: int
     upstream_rq_tx_reset: int
     upstream_rq_cancelled: int
@@ -246,12 +261,21 @@ class ClusterStats:
         "uds_fs_total_bytes",
     )
     COUNTERS = _counters(__annotations__, GAUGES)
-    __slots__ = (*COUNTERS, *GAUGES, "ssl")
+    __slots__ = (*COUNTERS, *GAUGES, "breakers", "health_check", "outlier", "shadow_entries", "ssl")
 
     def __init__(self) -> None:
         for name in self.COUNTERS + self.GAUGES:
             setattr(self, name, 0)
         self.ssl: SslStats | None = None  # cluster.<name>.ssl.*, once the cluster has TLS
+        # circuit_breakers.default.* (upstream.resources.Resources), the current cluster's
+        self.breakers: BreakerGauges | None = None
+        # cluster.<name>.health_check.*, once the cluster has health checks
+        self.health_check: HealthCheckStats | None = None
+        # cluster.<name>.outlier_detection.*, once the cluster has outlier detection
+        self.outlier: OutlierStats | None = None
+        # The ledger of this cluster's shadow (mirrored) requests, which no listener counts:
+        # (host address text | None, status, ms bucket) -> [count, sum of ms]
+        self.shadow_entries: dict[tuple[str | None, int, int], list[float]] = {}
 
     def dump(
         self,
@@ -264,6 +288,16 @@ class ClusterStats:
         _dump(self, prefix, counters, gauges)
         if self.ssl is not None:
             _dump(self.ssl, prefix + "ssl.", counters, gauges)
+        if self.health_check is not None:
+            _dump(self.health_check, prefix + "health_check.", counters, gauges)
+        if self.outlier is not None:
+            _dump(self.outlier, prefix + "outlier_detection.", counters, gauges)
+        breakers = prefix + "circuit_breakers."
+        if self.breakers is not None:
+            self.breakers.dump_gauges(breakers + "default.", gauges)
+        else:
+            _closed_breakers(breakers + "default.", gauges)
+        _closed_breakers(breakers + "high.", gauges)  # no route asks for HIGH priority
         classes = [0] * 6
         for code, n in tally.codes.items():
             counters[f"{prefix}upstream_rq_{code}"] = n
@@ -278,8 +312,13 @@ class ClusterStats:
 
     def reset(self) -> None:
         _reset(self)
+        self.shadow_entries = {}
         if self.ssl is not None:
             _reset(self.ssl)
+        if self.health_check is not None:
+            _reset(self.health_check)
+        if self.outlier is not None:
+            _reset(self.outlier)
 
 
 class SslStats:
@@ -295,6 +334,49 @@ class SslStats:
 
     def __init__(self) -> None:
         _reset(self)
+
+
+class HealthCheckStats:
+    """cluster.<name>.health_check.*: a cluster's active health checks (Envoy's names)."""
+
+    attempt: int  # checks started
+    success: int
+    failure: int  # every failed check, network_failure and passive_failure included
+    passive_failure: int  # udsproxy has no passive health events: always 0
+    network_failure: int  # connect failure, reset, timeout
+    verify_cluster: int  # checks that compared service_name_matcher
+    healthy: int  # gauge: hosts passing (this worker's view)
+    GAUGES = ("healthy",)
+    COUNTERS = _counters(__annotations__, GAUGES)
+    __slots__ = (*COUNTERS, *GAUGES)
+
+    def __init__(self) -> None:
+        for name in self.COUNTERS + self.GAUGES:
+            setattr(self, name, 0)
+
+
+class OutlierStats:
+    """cluster.<name>.outlier_detection.*: a cluster's outlier detection (Envoy's names), for
+    the consecutive-failure detectors udsproxy runs."""
+
+    ejections_enforced_total: int
+    ejections_overflow: int  # not ejected: max_ejection_percent reached
+    ejections_enforced_consecutive_5xx: int
+    ejections_detected_consecutive_5xx: int
+    ejections_enforced_consecutive_gateway_failure: int
+    ejections_detected_consecutive_gateway_failure: int
+    ejections_enforced_consecutive_local_origin_failure: int
+    ejections_detected_consecutive_local_origin_failure: int
+    ejections_total: int  # deprecated in Envoy: consecutive 5xx ejections, even not enforced
+    ejections_consecutive_5xx: int  # deprecated in Envoy: consecutive 5xx detections
+    ejections_active: int  # gauge
+    GAUGES = ("ejections_active",)
+    COUNTERS = _counters(__annotations__, GAUGES)
+    __slots__ = (*COUNTERS, *GAUGES)
+
+    def __init__(self) -> None:
+        for name in self.COUNTERS + self.GAUGES:
+            setattr(self, name, 0)
 
 
 class FilterStats:
@@ -374,7 +456,10 @@ class StatsStore:
         for prefix, hs in self.http.items():
             hs.dump(f"http.{prefix}.", counters, gauges, hists, http[prefix])
         for name, cs in self.clusters.items():
-            cs.dump(f"cluster.{name}.", counters, gauges, hists, clusters.get(id(cs), Tally()))
+            tally = clusters.get(id(cs)) or Tally()
+            for (_host, code, bucket), (n, ms) in cs.shadow_entries.items():
+                tally.add(code, bucket, int(n), ms)
+            cs.dump(f"cluster.{name}.", counters, gauges, hists, tally)
         for prefix, fs in self.filters.items():
             for name, value in fs.counters.items():
                 counters[prefix + name] = value
@@ -390,6 +475,11 @@ class StatsStore:
             for (host, code, _bucket), (n, _ms) in ls.entries.items():
                 if host is not None:
                     results = out.setdefault(host, [0, 0])
+                    results[0 if 0 < code < 500 else 1] += int(n)
+        for cs in self.clusters.values():
+            for (text, code, _bucket), (n, _ms) in cs.shadow_entries.items():
+                if text is not None:
+                    results = out.setdefault((cs, text), [0, 0])
                     results[0 if 0 < code < 500 else 1] += int(n)
         return out
 

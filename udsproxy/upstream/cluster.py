@@ -16,10 +16,13 @@ from udsproxy.config import schema
 from udsproxy.config.schema import SocketAddress as Sa
 from udsproxy.dns import Resolver
 from udsproxy.lb import Balancer, LeastRequest, Random, RoundRobin, schedule
-from udsproxy.stats.store import ClusterStats, SslStats
-from udsproxy.upstream.connection import UpstreamConnection
+from udsproxy.stats.store import ClusterStats, OutlierStats, SslStats
+from udsproxy.upstream.connection import HostLike, UpstreamConnection
 from udsproxy.upstream.health import EXCLUDED, flags_to_stats, panic
+from udsproxy.upstream.health_check import HealthChecker
+from udsproxy.upstream.outlier import Detector, HostMonitor
 from udsproxy.upstream.pool import ConnPool
+from udsproxy.upstream.resources import Resources
 from udsproxy.upstream_tls import ClusterTls, TlsConnectError
 
 __all__ = ["Cluster", "Host", "connect_failure_reason"]
@@ -64,13 +67,15 @@ class Host:
         # upstream.health's flags (0: healthy); whoever changes them calls health_changed()
         self.health_flags = 0
         # outlier detection's view of this host (None: not configured); a try's end feeds it
-        self.outlier: Any = None
+        detector = cluster.outlier
+        self.outlier: HostMonitor | None = detector.monitor(self) if detector else None
         self.pool = ConnPool(
             cluster.loop,
             self.connect,
             cluster.spawn,
             cluster.stats,
             idle_timeout=cluster.idle_timeout,
+            resources=cluster.resources,
         )
         self.cx_total = self.cx_active = self.cx_connect_fail = 0
         self.rq_total = self.rq_timeout = 0
@@ -118,9 +123,10 @@ class Host:
         endpoints given by name have (DNS clusters); None leaves the Host as it is (Envoy)."""
         return self._auto_host
 
-    async def connect(self) -> UpstreamConnection:
-        """Open a new connection. UDS errors (ENOENT, ECONNREFUSED, EAGAIN) raise at once."""
-        conn = UpstreamConnection(self)
+    async def connect(self, owner: HostLike | None = None) -> UpstreamConnection:
+        """Open a new connection. UDS errors (ENOENT, ECONNREFUSED, EAGAIN) raise at once.
+        ``owner``: where the connection counts, if not this host's pool (health checks)."""
+        conn = UpstreamConnection(self if owner is None else owner)
         address = self.address
         tls = self.cluster.tls
         tls_kwargs = tls.kwargs if tls is not None else _NO_TLS
@@ -178,6 +184,7 @@ class Cluster:
         "_targets",
         "_tasks",
         "buffer_limit",
+        "checker",
         "config",
         "connect_timeout",
         "draining",
@@ -187,7 +194,9 @@ class Cluster:
         "loop",
         "max_requests_per_connection",
         "name",
+        "outlier",
         "resolver",
+        "resources",
         "stats",
         "tls",
     )
@@ -197,9 +206,22 @@ class Cluster:
         config: schema.Cluster,
         loop: asyncio.AbstractEventLoop,
         stats: ClusterStats | None = None,
+        workers: int = 1,
+        *,
+        worker: int = 0,
     ) -> None:
         self.config = config
         self.stats = stats if stats is not None else ClusterStats()  # kept across reloads
+        # circuit breakers: the DEFAULT priority's thresholds (routes have no other), this
+        # worker's share; None when the cluster has none configured (nothing counted)
+        self.resources: Resources | None = None
+        if config.circuit_breakers:
+            default = next(
+                (t for t in config.circuit_breakers if t.priority == "DEFAULT"),
+                schema.CircuitBreakerThresholds(),
+            )
+            self.resources = Resources.for_worker(default, workers)
+        self.stats.breakers = self.resources
         self.draining = False  # replaced by a reload: connections retire as they finish
         self.name = config.name
         self.loop = loop
@@ -216,9 +238,26 @@ class Cluster:
         self._panic = False
         self._healthy: frozenset[Host] = frozenset()
         self.healthy_count = 0  # membership_healthy
+        self.outlier: Detector | None = None  # outlier_detection (upstream.outlier)
+        if config.outlier_detection is not None:
+            if self.stats.outlier is None:
+                self.stats.outlier = OutlierStats()
+            self.outlier = Detector(config.outlier_detection, self, loop, self.stats.outlier)
+        else:
+            self.stats.outlier = None
         self._rr = 0
         self._targets: list[tuple[Host, ...]] = [() for _ in config.endpoints]  # per endpoint
         self.resolver: Resolver | None = None
+        # active health checks (None: not configured); hosts join it in _rebuild
+        self.checker: HealthChecker | None = None
+        if config.health_check is not None:
+            self.checker = HealthChecker(
+                self,
+                config.health_check,
+                worker=worker,
+                workers=workers,
+                pending_first=config.ignore_new_hosts_until_first_hc,
+            )
         if config.type == "STATIC":
             self._targets = [(Host(self, ep.address, ep),) for ep in config.endpoints]
             self._rebuild()
@@ -280,13 +319,21 @@ class Cluster:
 
     # -- service discovery -------------------------------------------------------------------
     def start(self) -> None:
-        """Start resolving (DNS clusters; nothing to do for STATIC ones)."""
+        """Start resolving (DNS clusters) and health checking (if configured)."""
         if self.resolver is not None:
             self.resolver.start()
+        if self.checker is not None:
+            self.checker.start()
 
     async def warm(self, timeout: float) -> bool:
-        """Wait, at most ``timeout`` seconds, for the first answer for every name."""
-        return self.resolver is None or await self.resolver.wait_initial(timeout)
+        """Wait, at most ``timeout`` seconds, for the first answer for every name (whether it
+        came); then, with health checks, for every host's first check (Envoy warms a cluster
+        until then), which its own timeout bounds."""
+        answered = self.resolver is None or await self.resolver.wait_initial(timeout)
+        checker = self.checker
+        if checker is not None:
+            await checker.warm(checker.warm_timeout)
+        return answered
 
     def _on_resolved(self, i: int, addresses: tuple[str, ...]) -> bool:
         endpoint = self.config.endpoints[i]
@@ -324,6 +371,10 @@ class Cluster:
 
     def _rebuild(self) -> None:
         self.hosts = tuple(h for target in self._targets for h in target)
+        if self.outlier is not None:
+            self.outlier.hosts_changed([h.outlier for h in self.hosts if h.outlier is not None])
+        if self.checker is not None:
+            self.checker.sync(self.hosts)  # a new host starts unhealthy, until checked
         self._rebuild_lb()
 
     def _rebuild_lb(self) -> None:
@@ -362,7 +413,11 @@ class Cluster:
         self.close()
 
     def close(self) -> None:
+        if self.outlier is not None:
+            self.outlier.close()  # its interval timer stops with the cluster
         if self.resolver is not None:
             self.resolver.close()  # no lookup or timer outlives the cluster
+        if self.checker is not None:
+            self.checker.close()  # nor a health check
         for host in self.hosts:
             host.close_idle()

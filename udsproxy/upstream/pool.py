@@ -4,8 +4,9 @@ Envoy's ConnPoolImplBase in small: idle connections (LIFO, so hot ones stay hot 
 age out at the bottom), connections being opened, busy ones, and waiters queued for the next
 free connection. A waiter is anything with ``on_pool_ready(conn)`` and
 ``on_pool_failure(exc)``; ``new_stream`` returns it (still queued) or None (served at once), and
-``cancel`` takes it back out. Limits (``max_connections``, ``max_pending``; None: unlimited) are
-where circuit breakers go.
+``cancel`` takes it back out. The cluster's circuit breakers (``resources``; None: none
+configured) are asked before a connection opens, a request waits, or a request takes a
+connection.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import errno
 import os
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
+
+from udsproxy.upstream.resources import Resources
 
 __all__ = ["ConnPool", "PoolConnection", "PoolOverflow", "PoolStats", "Waiter"]
 
@@ -50,7 +53,7 @@ class PoolStats(Protocol):
 
 
 class PoolOverflow(Exception):
-    """No connection and no room to wait for one (max_pending reached)."""
+    """No room: max_pending_requests or max_requests reached (a circuit breaker)."""
 
 
 class ConnPool:
@@ -64,9 +67,8 @@ class ConnPool:
         "idle",
         "idle_timeout",
         "loop",
-        "max_connections",
-        "max_pending",
         "pending",
+        "resources",
         "stats",
     )
 
@@ -78,16 +80,14 @@ class ConnPool:
         stats: PoolStats,
         *,
         idle_timeout: float = 0.0,
-        max_connections: int | None = None,
-        max_pending: int | None = None,
+        resources: Resources | None = None,
     ) -> None:
         self.loop = loop
         self._connect = connect  # opens one connection (raises on failure)
         self._spawn = spawn  # runs a coroutine to completion (keeps a reference)
         self.stats = stats
         self.idle_timeout = idle_timeout
-        self.max_connections = max_connections
-        self.max_pending = max_pending
+        self.resources = resources  # the cluster's circuit breakers, shared by its pools
         self.idle: collections.deque[Any] = collections.deque()
         self.busy: set[Any] = set()
         self.connecting = 0
@@ -103,29 +103,48 @@ class ConnPool:
         """A connection for ``waiter``: an idle one now (None is returned), or the next one
         free (``waiter`` is returned: it is queued; ``cancel`` it if it goes away). ``fresh``
         skips the idle ones (a retry after a stale keep-alive connection)."""
+        res = self.resources
+        if res is not None and res.rq >= res.max_requests:
+            self._overflow(waiter)
+            return None
         if not fresh:
             idle = self.idle
             while idle:
                 conn = idle.pop()  # most recently used first
                 if conn.is_open():
                     self.busy.add(conn)
+                    if res is not None:
+                        res.rq += 1
                     waiter.on_pool_ready(conn)
                     return None
-        if self.max_pending is not None and len(self.pending) >= self.max_pending:
-            self.stats.upstream_rq_pending_overflow += 1
-            waiter.on_pool_failure(PoolOverflow())
-            return None
+        if res is not None:
+            if res.pending >= res.max_pending:
+                self._overflow(waiter)
+                return None
+            res.pending += 1
         stats = self.stats
         stats.upstream_rq_pending_total += 1
         stats.upstream_rq_pending_active += 1
         self.pending.append(waiter)
         if self.connecting < len(self.pending):
-            if self.max_connections is None or self.total < self.max_connections:
-                self.connecting += 1
-                self._spawn(self._open())
-            else:
-                stats.upstream_cx_overflow += 1  # waits for a busy one to be released
+            self._connect_if_allowed()
         return waiter
+
+    def _overflow(self, waiter: Waiter) -> None:
+        self.stats.upstream_rq_pending_overflow += 1  # Envoy counts max_requests' here too
+        waiter.on_pool_failure(PoolOverflow())
+
+    def _connect_if_allowed(self) -> None:
+        """Open a connection unless max_connections is reached; a pool with none opens one
+        anyway (Envoy: a request queued here would otherwise have nothing to wait for)."""
+        res = self.resources
+        if res is not None:
+            if res.cx >= res.max_connections and self.total > 0:
+                self.stats.upstream_cx_overflow += 1  # waits for a busy one to be released
+                return
+            res.cx += 1
+        self.connecting += 1
+        self._spawn(self._open())
 
     def cancel(self, waiter: Waiter) -> None:
         """The waiter went away (the client left) before it had a connection."""
@@ -133,7 +152,7 @@ class ConnPool:
             self.pending.remove(waiter)
         except ValueError:
             return
-        self.stats.upstream_rq_pending_active -= 1
+        self._unqueue()
         self.stats.upstream_rq_cancelled += 1
 
     async def _open(self) -> None:
@@ -143,33 +162,50 @@ class ConnPool:
                 raise ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
         except Exception as exc:  # any failure to connect fails a waiter, never hangs it
             self.connecting -= 1
+            res = self.resources
+            if res is not None:
+                res.cx -= 1
             if self.pending:
-                self.stats.upstream_rq_pending_active -= 1
+                self._unqueue()
                 self.pending.popleft().on_pool_failure(exc)
             self._replace()  # the other waiters, at max_connections, need a connect of their own
             return
         self.connecting -= 1
         self.busy.add(conn)
+        res = self.resources
+        if res is not None:
+            res.rq += 1  # as if busy: release() counts it out
         self.release(conn)
 
-    def _serve(self, conn: Any) -> None:
+    def _unqueue(self) -> None:
         self.stats.upstream_rq_pending_active -= 1
-        self.pending.popleft().on_pool_ready(conn)
+        res = self.resources
+        if res is not None:
+            res.pending -= 1
 
     def release(self, conn: Any) -> None:
         """A connection is free again: the next waiter takes it, or it goes idle (or closes, if
         it cannot be reused)."""
-        self.busy.discard(conn)
-        if not conn.reusable:
-            conn.close()
+        busy = self.busy
+        if conn not in busy:
+            conn.close()  # it closed meanwhile: forget() counted it out
+            return
+        busy.remove(conn)
+        res = self.resources
+        if res is not None:
+            res.rq -= 1
+        if not conn.reusable or (self.draining and not self.pending):
+            if res is not None:
+                res.cx -= 1
+            conn.close()  # in neither set now: forget() has nothing to do
             self._replace()
             return
         if self.pending:  # even draining: a waiter queued here has nowhere else to go
             self.busy.add(conn)
-            self._serve(conn)
-            return
-        if self.draining:
-            conn.close()
+            self._unqueue()
+            if res is not None:
+                res.rq += 1
+            self.pending.popleft().on_pool_ready(conn)
             return
         conn.idle_since = self.loop.time()
         self.idle.append(conn)
@@ -177,18 +213,24 @@ class ConnPool:
             self._timer = self.loop.call_at(conn.idle_since + self.idle_timeout, self._expire)
 
     def _replace(self) -> None:
-        """A connection closed while requests wait at max_connections: open another."""
-        limit = self.max_connections
-        waiting = len(self.pending)
-        if limit is not None and self.connecting < waiting and self.total < limit:
-            self.connecting += 1
-            self._spawn(self._open())
+        """A connection closed while requests wait (at max_connections): open another."""
+        if self.connecting < len(self.pending):
+            self._connect_if_allowed()
 
     def forget(self, conn: Any) -> None:
-        """A connection closed (idle or busy): it leaves the pool."""
-        self.busy.discard(conn)
-        if conn in self.idle:
+        """A connection closed (idle or busy): it leaves the pool (once, however often told)."""
+        res = self.resources
+        if conn in self.busy:
+            self.busy.remove(conn)
+            if res is not None:
+                res.rq -= 1
+                res.cx -= 1
+        elif conn in self.idle:
             self.idle.remove(conn)
+            if res is not None:
+                res.cx -= 1
+        else:
+            return
         self._replace()
 
     def _expire(self) -> None:
