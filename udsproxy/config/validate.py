@@ -205,6 +205,9 @@ envoy.config.route.v3.RouteMatch oneof=path_specifier
 envoy.config.route.v3.RouteAction oneof=cluster_specifier min_len=cluster
 envoy.type.matcher.v3.RegexMatcher min_len=regex
 envoy.config.cluster.v3.Cluster min_len=name gt=connect_timeout:0s
+envoy.config.core.v3.HealthCheck required=timeout required=interval required=unhealthy_threshold
+    required=healthy_threshold oneof=health_checker gt=timeout:0s gt=interval:0s
+envoy.config.core.v3.HealthCheck.HttpHealthCheck min_len=path
 envoy.config.endpoint.v3.ClusterLoadAssignment min_len=cluster_name
 envoy.extensions.access_loggers.file.v3.FileAccessLog min_len=path
 envoy.extensions.upstreams.http.v3.HttpProtocolOptions oneof=upstream_protocol_options

@@ -269,8 +269,11 @@ def test_rule_on_duration() -> None:
 
 
 def test_single_element_in_place_of_a_list() -> None:
-    tree = {"name": "c", "health_checks": {"timeout": "1s"}}
-    assert validate(tree, CLUSTER)["health_checks"] == [{"timeout": 1.0}]
+    check = {"timeout": "1s", "interval": "2s", "unhealthy_threshold": 1, "healthy_threshold": 1}
+    tree = {"name": "c", "health_checks": {**check, "http_health_check": {"path": "/"}}}
+    assert validate(tree, CLUSTER)["health_checks"] == [
+        {**check, "timeout": 1.0, "interval": 2.0, "http_health_check": {"path": "/"}}
+    ]
 
 
 def test_null_in_a_list() -> None:
