@@ -416,6 +416,7 @@ class _PyHandler(http.server.BaseHTTPRequestHandler):
                     "path": self.path,
                     "headers": list(self.headers.items()),
                     "body_length": length,
+                    "body_sha256": digest,
                     "conn": self.conn_id,
                 }
             )
