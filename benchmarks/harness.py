@@ -66,6 +66,14 @@ def catalog(workers: int) -> dict[str, Subject]:
             splice_responses=True,
         ),
         Subject("udsproxy-nostats", "udsproxy, request stats off", "udsproxy", stats=False),
+        # Issue 11's price: a retry policy, circuit breakers and outlier detection configured
+        Subject(
+            "udsproxy-governed",
+            "udsproxy, retries + breakers + outlier detection (log on)",
+            "udsproxy",
+            log=True,
+            governed=True,
+        ),
         # What the tuning buys (not run by default)
         Subject("nginx-stock", "nginx, stock buffers (log on)", "nginx", log=True, variant="stock"),
         Subject("haproxy-splice", "HAProxy, option splice-auto", "haproxy", variant="splice"),

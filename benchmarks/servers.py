@@ -23,6 +23,18 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 SITE_FILES = {"/index.html": 612, "/1k.bin": 1024, "/100k.bin": 100 * 1024, "/1m.bin": 1 << 20}
 
 
+# The "governed" subject's route and cluster: what the closing note of issue 11 prices against
+# the same route without them (limits high enough never to trip on the benchmark's load).
+GOVERNED_ROUTE = (
+    ", retry_policy: {retry_on: '5xx,reset,connect-failure', num_retries: 2, per_try_timeout: 5s}"
+)
+GOVERNED_CLUSTER = """
+    circuit_breakers:
+      thresholds: [{max_connections: 4096, max_pending_requests: 4096, max_requests: 4096,
+                    max_retries: 16, track_remaining: true}]
+    outlier_detection: {consecutive_5xx: 5, interval: 10s, base_ejection_time: 30s}"""
+
+
 def render(template: str, **values: object) -> str:
     text = (CONFIGS / template).read_text()
     for key, value in values.items():
@@ -181,6 +193,7 @@ class Subject:
     splice_min: int | None = None  # udsproxy --splice-min-bytes (None: its default)
     stats: bool = True  # udsproxy: False runs it with --disable-request-stats
     splice_responses: bool = False  # udsproxy --splice-responses
+    governed: bool = False  # udsproxy: a retry policy, circuit breakers, outlier detection
     workers: int = 1
     variant: str = ""  # nginx: tuned | stock buffers; haproxy: default | splice
     port: int = 0
@@ -268,6 +281,8 @@ class Subjects:
                     ACCESS_LOG=log,
                     COMMON_OPTIONS=common + "}",
                     UPSTREAM=target,
+                    ROUTE_EXTRA=GOVERNED_ROUTE if s.governed else "",
+                    CLUSTER_EXTRA=GOVERNED_CLUSTER if s.governed else "",
                 )
             )
             s.argv = [self.python, "-m", "udsproxy", "-c", str(s.config_path), "-l", "warning"]
