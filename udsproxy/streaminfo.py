@@ -28,6 +28,9 @@ class HostDescription(Protocol):
 
     rq_timeout: int
 
+    @property
+    def outlier(self) -> Any: ...  # upstream.outlier.HostMonitor | None (a route timeout's)
+
     def auto_host(self) -> bytes | None: ...
 
 

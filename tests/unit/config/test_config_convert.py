@@ -127,9 +127,18 @@ def test_empty_bootstrap() -> None:
 @pytest.mark.parametrize(
     ("cluster", "path", "message"),
     [
-        ({"outlier_detection": {}}, "outlier_detection", REFUSED),
+        (
+            {"outlier_detection": {"success_rate_minimum_hosts": 5}},
+            "outlier_detection.success_rate_minimum_hosts",
+            REFUSED,
+        ),
         ({"type": "EDS"}, "type", f"'EDS' {REFUSED} (only STATIC, STRICT_DNS, LOGICAL_DNS)"),
-        ({"lb_policy": "MAGLEV"}, "lb_policy", f"'MAGLEV' {REFUSED} (only ROUND_ROBIN)"),
+        (
+            {"lb_policy": "MAGLEV"},
+            "lb_policy",
+            f"'MAGLEV' {REFUSED} (only ROUND_ROBIN, LEAST_REQUEST, RANDOM: no consistent"
+            " hashing (route hash_policy is not supported either))",
+        ),
         ({"cluster_type": {"name": "x"}}, "cluster_type", REFUSED),
     ],
 )

@@ -207,4 +207,4 @@ def test_common_lb_config_stays_refused() -> None:
         common_lb_config={"locality_weighted_lb_config": {}},
         load_assignment=by_name("a"),
     )
-    assert errors(tree) == [(f"{C}.common_lb_config", REFUSED)]
+    assert errors(tree) == [(f"{C}.common_lb_config.locality_weighted_lb_config", REFUSED)]

@@ -346,7 +346,7 @@ def test_every_error_at_once_prefixed_by_the_file(tmp_path: Path) -> None:
             {"@type": LISTENER_URL, **listener()},
             {"name": "no_type"},
             "text",
-            {"@type": CLUSTER_URL, **cluster("b", outlier_detection={})},
+            {"@type": CLUSTER_URL, **cluster("b", ring_hash_lb_config={})},
         ],
     }
     path = write(tmp_path, "cds.yaml", tree)
@@ -362,7 +362,7 @@ def test_every_error_at_once_prefixed_by_the_file(tmp_path: Path) -> None:
         ),
         (f"{path}: resources[2]", f"missing '@type' (expected '{CLUSTER_URL}')"),
         (f"{path}: resources[3]", "expected a mapping with '@type', got string 'text'"),
-        (f"{path}: resources[4].outlier_detection", REFUSED),
+        (f"{path}: resources[4].ring_hash_lb_config", REFUSED),
     ]
 
 

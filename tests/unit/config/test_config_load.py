@@ -139,7 +139,7 @@ static_resources:
   clusters:
   - name: c
     conect_timeout: 1s
-    outlier_detection: {}
+    ring_hash_lb_config: {}
 """
     # The missing endpoints are not reported while the schema has errors: the typo may be why.
     assert raised(load_yaml, text) == [
@@ -148,7 +148,7 @@ static_resources:
             "unknown field 'conect_timeout' (did you mean 'connect_timeout'?)",
         ),
         ("overload_manager", "not supported by udsproxy"),
-        ("static_resources.clusters[0].outlier_detection", "not supported by udsproxy"),
+        ("static_resources.clusters[0].ring_hash_lb_config", "not supported by udsproxy"),
     ]
 
 
