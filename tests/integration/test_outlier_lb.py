@@ -287,3 +287,30 @@ def test_outlier_state_is_per_worker(start: Any, sock_path: SockPaths) -> None:
     stats = p.stats("cluster.w.outlier_detection.")
     assert 1 <= stats["ejections_enforced_total"] <= 2
     assert stats["ejections_active"] == stats["ejections_enforced_total"]
+
+
+def test_a_passing_health_check_brings_an_ejected_host_back(
+    start: Any, nginx: NginxInstance, py_upstream: PyUpstream
+) -> None:
+    """successful_active_health_check_uneject_host (Envoy's default): the ejection would last a
+    minute; the next passing health check ends it."""
+    c = with_outlier(
+        cluster("hc", py_upstream.socket_path, nginx.socket_path),
+        consecutive_5xx=2, base_ejection_time="60s", max_ejection_percent=50,
+    )  # fmt: skip
+    c["health_checks"] = [
+        {"timeout": "1s", "interval": "0.2s", "no_traffic_interval": "0.2s",
+         "unhealthy_threshold": 2, "healthy_threshold": 1,
+         "http_health_check": {"path": "/index.html"}}
+    ]  # fmt: skip
+    p = start(bootstrap([listener([vhost("v", [route("hc", prefix="/")])])], [c]))
+    py = py_upstream.socket_path
+    assert wait_until(lambda: set(p.flags("hc").values()) == {"healthy"}, 10)
+    for _ in range(6):
+        if p.flags("hc")[py] != "healthy":
+            break
+        p.get("/py/status/500")
+    ejected = p.stats("cluster.hc.outlier_detection.")["ejections_enforced_total"]
+    assert ejected >= 1
+    assert wait_until(lambda: p.flags("hc")[py] == "healthy", 10)
+    assert p.stats("cluster.hc.outlier_detection.")["ejections_active"] == 0

@@ -485,6 +485,9 @@ class _Session:
             flags &= ~PENDING_ACTIVE_HC
             transition = CHANGED
         host.health_flags = flags
+        monitor = getattr(host, "outlier", None)  # upstream.outlier.HostMonitor, if configured
+        if monitor is not None and not flags & FAILED_ACTIVE_HC:
+            monitor.detector.uneject_by_health_check(monitor)  # Envoy's default: back at once
         self.checker.stats.success += 1
         self._done(True, transition, flags != before)
 
