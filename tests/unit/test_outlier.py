@@ -222,3 +222,47 @@ def test_closed_detector_ejects_nothing() -> None:
     for _ in range(5):
         m.put_http_response_code(500)
     assert not ejected(m)
+
+
+def test_the_sweep_timer_runs_while_needed_and_stops_with_the_cluster() -> None:
+    import asyncio
+
+    from udsproxy.config.schema import Cluster as ClusterConfig
+    from udsproxy.config.schema import Endpoint, Pipe
+    from udsproxy.upstream.cluster import Cluster
+
+    loop = asyncio.new_event_loop()
+    try:
+        endpoints = (Endpoint(address=Pipe(path="/tmp/o0.sock")),)
+        config = ClusterConfig(name="c", endpoints=endpoints, outlier_detection=ONE_HOST_EJECTS)
+        c = Cluster(config, loop)
+        detector, host = c.outlier, c.hosts[0]
+        assert detector is not None and host.outlier is not None
+        assert detector._timer is None  # nothing ejected: no timer
+        for _ in range(5):
+            host.outlier.put_http_response_code(503)
+        assert host.health_flags & FAILED_OUTLIER_CHECK and detector._timer is not None
+        assert c.stats.outlier is not None and c.stats.outlier.ejections_active == 1
+        c.drain()  # a reload replaced the cluster
+        assert detector._timer is None and detector.closed
+        replacement = Cluster(config, loop, c.stats)
+        assert c.stats.outlier.ejections_active == 0  # the new hosts start healthy
+        assert replacement.outlier is not detector
+    finally:
+        loop.close()
+
+
+def test_no_outlier_detection_no_monitor() -> None:
+    import asyncio
+
+    from udsproxy.config.schema import Cluster as ClusterConfig
+    from udsproxy.config.schema import Endpoint, Pipe
+    from udsproxy.upstream.cluster import Cluster
+
+    loop = asyncio.new_event_loop()
+    try:
+        endpoints = (Endpoint(address=Pipe(path="/tmp/o0.sock")),)
+        c = Cluster(ClusterConfig(name="c", endpoints=endpoints), loop)
+        assert c.outlier is None and c.hosts[0].outlier is None and c.stats.outlier is None
+    finally:
+        loop.close()
