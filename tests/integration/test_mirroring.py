@@ -253,10 +253,15 @@ def test_sampling_none_all_and_several_policies(
         other.close()
 
 
+@pytest.mark.parametrize("retry", [False, True])
 def test_body_over_the_buffer_limit_is_not_mirrored(
-    nginx: NginxInstance, shadow_py: PyUpstream, inproc: Inproc
+    retry: bool, nginx: NginxInstance, shadow_py: PyUpstream, inproc: Inproc
 ) -> None:
+    """No mirror, and retry_or_shadow_abandoned once on the route's cluster, also when the
+    route may retry too (Envoy gives up both at once and counts once)."""
     routes = [mirror_route("/", {"cluster": "shadow"})]
+    if retry:
+        routes[0]["route"]["retry_policy"] = {"retry_on": "5xx"}
     p = inproc(config(nginx, routes, {"shadow": shadow_py.socket_path}, buffer_limit=4096))
     small = get(p.address(), NGINX_ECHO, method="POST", body=b"x" * 1000)
     big = get(p.address(), NGINX_ECHO, method="POST", body=b"y" * 64 * 1024)
@@ -264,6 +269,7 @@ def test_body_over_the_buffer_limit_is_not_mirrored(
     c = wait_counter(p, "cluster.nginx.retry_or_shadow_abandoned", 1)
     c = wait_counter(p, "cluster.shadow.upstream_rq_total", 1)
     assert c["cluster.nginx.upstream_rq_total"] == 2
+    assert c["cluster.nginx.retry_or_shadow_abandoned"] == 1
     assert [r["body_length"] for r in shadow_py.requests()] == [1000]
 
 

@@ -113,8 +113,9 @@ def _shadow(s: ActiveStream, route: CompiledRoute) -> None:
         if head_parts is None:
             if not s.retain_body or s.req_coder is not None or s.body_size > ctx.buffer_limit:
                 # the body went upstream without being kept (over the buffer limit): no
-                # mirror, counted on the route's cluster as Envoy does
-                if s.host is not None:
+                # mirror, counted once on the route's cluster as Envoy does (the stream
+                # counted it already if the request could be retried)
+                if s.host is not None and s.retry_state is None:
                     s.host.cluster.stats.retry_or_shadow_abandoned += 1
                 return
             headers = [h for h in s.headers if h[0] != _INTERNAL]
