@@ -188,8 +188,8 @@ def test_priority_other_than_zero_is_refused() -> None:
     assert errors(tree) == [
         (
             f"{EP}.priority",
-            f"priority 1 {REFUSED} (only priority 0: failover between priorities needs"
-            " health checks, which udsproxy does not support yet)",
+            f"priority 1 {REFUSED} (only priority 0: udsproxy has no failover between"
+            " priority levels)",
         )
     ]
 
