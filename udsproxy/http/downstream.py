@@ -51,6 +51,9 @@ class DownstreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "_closed_here",
+        "_expires_at",
+        "_head",
+        "_head_deadline",
         "_linger",
         "_starting",
         "_timer",
@@ -64,6 +67,7 @@ class DownstreamConnection(asyncio.Protocol):
         "conn_id",
         "corked",
         "ctx",
+        "drain_close",
         "held",
         "last_io",
         "local",
@@ -107,6 +111,14 @@ class DownstreamConnection(asyncio.Protocol):
         self._unread = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
+        # request_headers_timeout: the incomplete head being timed, and when it runs out
+        self._head: Stream | None = None
+        self._head_deadline = 0.0
+        if ctx.request_headers_timeout:
+            self.codec.streams_from_first_byte()
+        # max_connection_duration: when it is reached, then (drain_close) when the drain ends
+        self._expires_at = 0.0
+        self.drain_close = False  # every response from now on carries `connection: close`
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -126,6 +138,9 @@ class DownstreamConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=limit, low=limit // 2)
         self.last_io = self.loop.time()
         ctx.connections.add(self)
+        if ctx.max_connection_duration:
+            self._expires_at = self.last_io + ctx.max_connection_duration
+            self.arm(self._expires_at)
         hs, ls = ctx.http_stats, ctx.listener_stats
         hs.downstream_cx_total += 1
         hs.downstream_cx_http1_total += 1
@@ -156,8 +171,38 @@ class DownstreamConnection(asyncio.Protocol):
         if self.active is None and self.queue:
             self._start_next()
         s = codec.cur
-        if s is not None and s is self.active and not codec.in_head and self.ctx.splice_min_bytes:
-            self._splice_upload(s)  # type: ignore[arg-type]
+        if s is not None:  # a request not all read yet
+            self._reading(s, codec.in_head)  # type: ignore[arg-type]
+
+    def _reading(self, s: Stream, in_head: bool) -> None:
+        """A request is still arriving after a read (never a whole request, the common case):
+        its timers, and a large body's splice."""
+        ctx = self.ctx
+        if in_head:
+            if ctx.request_headers_timeout:
+                self._watch_head(s, self.last_io)
+            idle = ctx.stream_idle_timeout  # before its headers, the HCM's applies (Envoy)
+        else:
+            route = s.route
+            idle = ctx.stream_idle_timeout
+            if route is not None and route.idle_timeout is not None:
+                idle = route.idle_timeout
+            if s is self.active and ctx.splice_min_bytes:
+                self._splice_upload(s)
+        if idle:
+            self.arm(self.last_io + idle)
+
+    def _watch_head(self, s: Stream, now: float) -> None:
+        """request_headers_timeout: a head still incomplete after a read is timed from that
+        read, the one its first byte came in (an earlier read would have left it incomplete
+        too). Whole heads, the common case, are never timed. A head behind a request being
+        answered waits, as Envoy reads a pipelined request only once the one before is done:
+        stream_done starts its clock."""
+        if s is self._head or self.active is not None or self.queue:
+            return
+        self._head = s
+        self._head_deadline = now + self.ctx.request_headers_timeout
+        self.arm(self._head_deadline)
 
     # -- large request bodies by splice(2) -----------------------------------------------------
     def _splice_upload(self, s: Stream) -> None:
@@ -270,6 +315,8 @@ class DownstreamConnection(asyncio.Protocol):
         ctx = self.ctx
         ctx.http_stats.downstream_rq_active += 1
         s = Stream(ctx, self, ROUTER)
+        if self.drain_close:
+            s.close_after = True  # max_connection_duration reached: its response closes
         if ctx.request_timeout and self.active is None and not self.queue:
             # the whole request, from its first byte; the route timeout replaces it at the end.
             # A request pipelined behind another starts its clock when that one is done
@@ -341,10 +388,13 @@ class DownstreamConnection(asyncio.Protocol):
         if self.closed:
             return
         cur = cast("Stream | None", self.codec.cur)
-        if cur is not None and not cur.deadline and self.ctx.request_timeout:
-            # a request pipelined behind this one: its request_timeout starts now
-            cur.deadline = self.loop.time() + self.ctx.request_timeout
-            self.arm(cur.deadline)
+        if cur is not None:  # a request pipelined behind this one: its clocks start now
+            ctx = self.ctx
+            if not cur.deadline and ctx.request_timeout:
+                cur.deadline = self.loop.time() + ctx.request_timeout
+                self.arm(cur.deadline)
+            if ctx.request_headers_timeout and self.codec.in_head:
+                self._watch_head(cur, self.loop.time())
         if close:
             # a delayed close only where request bytes may be left unread
             codec = self.codec
@@ -492,6 +542,35 @@ class DownstreamConnection(asyncio.Protocol):
         else:
             self._resume(bit)
 
+    def _duration_reached(self, now: float) -> bool:
+        """max_connection_duration, then its drain, as Envoy's for HTTP/1. When reached, each
+        response not yet begun carries `connection: close` and is the last. When the drain
+        (drain_timeout) ends, an idle connection closes; a busy one closes after its response.
+        (Envoy closes a connection that never sent a byte at once; here it waits for the drain's
+        end like any idle one: telling them apart would cost every read.) True if it closed."""
+        ctx = self.ctx
+        self._expires_at = 0.0
+        cur = cast("Stream | None", self.codec.cur)
+        if self.drain_close:  # the drain is over
+            if self.tunnel is not None:
+                return False  # an upgraded connection gets no `connection: close` (Envoy)
+            if self.active is None and not self.queue and cur is None:
+                self.close()
+                return True
+            for s in (self.active, *self.queue, cur):
+                if s is not None:
+                    s.close_after = True  # even a response already on its way
+            return False
+        ctx.http_stats.downstream_cx_max_duration_reached += 1
+        self.drain_close = True
+        for s in (self.active, *self.queue, cur):
+            if s is not None and not s.response_started:
+                s.close_after = True
+        if ctx.duration_drain:  # else (http1_safe_max_connection_duration) only the next reply
+            self._expires_at = now + ctx.duration_drain
+            self.arm(self._expires_at)
+        return False
+
     # -- timers: one handle per connection, re-armed lazily ------------------------------------
     def arm(self, when: float) -> None:
         if when <= 0:
@@ -510,6 +589,11 @@ class DownstreamConnection(asyncio.Protocol):
             return
         now = self.loop.time()
         ctx = self.ctx
+        if self._expires_at:  # max_connection_duration, or the drain after it
+            if self._expires_at > now:
+                self.arm(self._expires_at)
+            elif self._duration_reached(now):
+                return
         s = self.active or self.tunnel
         if s is not None:
             nxt = s.check_timeouts(now)
@@ -522,6 +606,25 @@ class DownstreamConnection(asyncio.Protocol):
         if ctx.draining and cur is None:
             self.close_when_quiet()
             return
+        if cur is not None and cur is self._head and self.codec.in_head:
+            if self._head_deadline <= now:  # request_headers_timeout
+                self._head = None
+                ctx.http_stats.downstream_rq_header_timeout += 1
+                self.codec.error = http1.REQUEST_HEADER_TIMEOUT
+                self._on_parse_error()
+                if self.active is None and self.queue:
+                    self._start_next()
+                return
+            self.arm(self._head_deadline)
+        if cur is not None and self.codec.in_head and ctx.stream_idle_timeout:
+            idle_at = self.last_io + ctx.stream_idle_timeout
+            if idle_at <= now:  # a head that stopped coming: the stream idle timeout
+                self.codec.error = http1.STREAM_IDLE_TIMEOUT
+                self._on_parse_error()
+                if self.active is None and self.queue:
+                    self._start_next()
+                return
+            self.arm(idle_at)
         if cur is not None and cur.deadline:
             # request_timeout while the head is still arriving
             if cur.deadline <= now:
