@@ -250,3 +250,29 @@ def test_after_connection_close_nothing_begins() -> None:
     codec.feed(b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     codec.feed(b"GET /b HTTP/1.1\r\n")
     assert len(server.begun) == 1 and codec.unread
+
+
+def test_route_and_upstream_duration_limits_stay_refused_by_name() -> None:
+    tree = bootstrap()
+    listeners = tree["static_resources"]["listeners"]  # type: ignore[index]
+    hcm = listeners[0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["max_stream_duration"] = {
+        "max_stream_duration": "10s"
+    }
+    options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    tree["static_resources"]["clusters"][0]["typed_extension_protocol_options"] = {  # type: ignore[index]
+        options: {
+            "@type": "type.googleapis.com/" + options,
+            "common_http_protocol_options": {"max_connection_duration": "60s"},
+            "explicit_http_config": {"http_protocol_options": {}},
+        }
+    }
+    lines = errors(tree)
+    route = f"{HCM_PATH}.route_config.virtual_hosts[0].routes[0].route.max_stream_duration"
+    upstream = (
+        f'static_resources.clusters[0].typed_extension_protocol_options["{options}"]'
+        ".common_http_protocol_options.max_connection_duration"
+    )
+    assert sorted(lines) == sorted(
+        [f"{route}: not supported by udsproxy", f"{upstream}: not supported by udsproxy"]
+    ), lines
