@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import json
 import secrets
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from .support import (
@@ -224,3 +226,29 @@ def test_two_workers_check_at_half_the_rate_each(
     # the full rate each, they would send twice that. A busy machine only fires timers late:
     # fewer checks, never more.
     assert 3 <= seen <= elapsed / 0.1 + 2, (seen, elapsed)
+
+
+def test_a_reload_replaces_the_checker_and_stops_the_old_one(
+    make_nginx: Callable[..., NginxInstance], site: Site, tmp_path: Path
+) -> None:
+    """A changed cluster warms with its own checks, then replaces the old one, whose checks
+    stop: no timer of the old checker outlives it (SIGHUP, the file changed)."""
+    nginx = make_nginx("hc-reload")
+    old, new = Health(site), Health(site)
+    access = nginx.prefix / "access.log"
+
+    def checks(h: Health) -> int:
+        text = access.read_text(errors="replace") if access.exists() else ""
+        return sum(1 for line in text.splitlines() if f"{h.path} " in line)
+
+    with running(tmp_path, config(nginx, old, tmp_path / "access.log"), *ONE) as proxy:
+        assert wait_until(lambda: checks(old) >= 2, FLAGS_WAIT, 0.05)
+        cfg = config(nginx, new, tmp_path / "access.log")
+        (tmp_path / "proxy.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        proxy.proc.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: checks(new) >= 3, FLAGS_WAIT, 0.05)
+        stopped = checks(old)
+        time.sleep(0.3)  # six intervals: the old checker would have checked again
+        assert checks(old) == stopped
+        assert flags(proxy) == "healthy"
+        assert get(proxy.address, "/index.html").status == 200

@@ -968,6 +968,9 @@ class _Converter:
             "name", "type", "connect_timeout", "per_connection_buffer_limit_bytes", *lb.LB_FIELDS,
             "load_assignment", "typed_extension_protocol_options", "max_requests_per_connection",
             "transport_socket", "circuit_breakers", "health_checks", *_DNS_FIELDS,
+            # true (what udsproxy does: a host that leaves DNS goes, checked or not); the
+            # canonical tree has it only when true
+            "ignore_health_on_host_removal",
         )  # fmt: skip
         self.only(node, path, fields)
         self.check_value(node, "type", path, _CLUSTER_TYPES)

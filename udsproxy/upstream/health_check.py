@@ -30,6 +30,7 @@ cancels them all, with any connection or connect in progress.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Coroutine, Iterable
 from typing import Any, Protocol
@@ -44,6 +45,8 @@ from udsproxy.upstream.pool import ConnPool
 
 __all__ = ["CHANGED", "CHANGE_PENDING", "UNCHANGED", "HealthChecker", "request_head"]
 
+log = logging.getLogger("udsproxy.health_check")
+
 # Envoy's HealthTransition: what a check did to its host's health
 UNCHANGED, CHANGED, CHANGE_PENDING = 0, 1, 2
 USER_AGENT = "Envoy/HC"  # Envoy's user-agent for health checks
@@ -57,6 +60,9 @@ class CheckedHost(Protocol):
 
     @property
     def endpoint(self) -> schema.Endpoint | None: ...
+
+    @property
+    def text(self) -> str: ...
 
     def connect(self, owner: HostLike | None = None) -> Coroutine[Any, Any, UpstreamConnection]: ...
 
@@ -297,9 +303,13 @@ class HealthChecker:
         once, to warm) worker i waits i + 1 intervals, then N, so the workers take turns."""
         return self.worker + 1 if checks == 1 else self.workers
 
-    def transitioned(self, changed: bool) -> None:
+    def transitioned(self, host: CheckedHost, failed_before: bool, changed: bool) -> None:
         self._first_done()
         if changed:
+            failed = bool(host.health_flags & FAILED_ACTIVE_HC)
+            if failed != failed_before:
+                state = "unhealthy" if failed else "healthy"
+                log.info("cluster '%s': host %s %s", self.cluster.name, host.text, state)
             self._count_healthy()
             self.cluster.health_changed()
 
@@ -489,7 +499,7 @@ class _Session:
         if monitor is not None and not flags & FAILED_ACTIVE_HC:
             monitor.detector.uneject_by_health_check(monitor)  # Envoy's default: back at once
         self.checker.stats.success += 1
-        self._done(True, transition, flags != before)
+        self._done(True, transition, before)
 
     def handle_failure(
         self, *, network: bool = False, retriable: bool = False, timeout: bool = False
@@ -520,9 +530,9 @@ class _Session:
         stats.failure += 1
         if network:
             stats.network_failure += 1
-        self._done(False, transition, flags != before)
+        self._done(False, transition, before)
 
-    def _done(self, healthy: bool, transition: int, changed: bool) -> None:
+    def _done(self, healthy: bool, transition: int, before: int) -> None:
         self.in_flight = False
         self.first_check = False
         self.checks += 1
@@ -530,7 +540,9 @@ class _Session:
             self.timeout_timer.cancel()
             self.timeout_timer = None
         checker = self.checker
-        checker.transitioned(changed)
+        host = self.host
+        changed = host.health_flags != before
+        checker.transitioned(host, bool(before & FAILED_ACTIVE_HC), changed)
         if not self.closed and self.timer is None:
             delay = checker.interval(healthy, transition, checker.factor(self.checks))
             self.timer = checker.loop.call_later(delay, self.on_interval)

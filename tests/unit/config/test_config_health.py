@@ -191,3 +191,9 @@ def test_ignore_new_hosts_until_first_hc() -> None:
         "ignore_new_hosts_until_first_hc": True
     }
     assert load_tree(tree).clusters[0].ignore_new_hosts_until_first_hc is True
+
+
+def test_ignore_health_on_host_removal_true_is_what_udsproxy_does() -> None:
+    tree = bootstrap([MINIMAL])
+    tree["static_resources"]["clusters"][0]["ignore_health_on_host_removal"] = True
+    load_tree(tree)
