@@ -38,13 +38,17 @@ MODULES: tuple[str, ...] = (
     "udsproxy.http.read_gate",
     "udsproxy.lb",
     "udsproxy.pathnorm",
+    "udsproxy.router.retry",
     "udsproxy.router.router",
     "udsproxy.router.routes",
     "udsproxy.router.upstream_request",
     "udsproxy.streaminfo",
     "udsproxy.upstream.cluster",
     "udsproxy.upstream.connection",
+    "udsproxy.upstream.health",
+    "udsproxy.upstream.outlier",
     "udsproxy.upstream.pool",
+    "udsproxy.upstream.resources",
     "udsproxy.write_batch",
 )
 

@@ -111,7 +111,10 @@ LISTENER_LIMIT = limit(
     2,
     filter_enabled={"runtime_key": "lrl_enabled", **ON},
     filter_enforced={"runtime_key": "lrl_enforced", **ON},
-    response_headers_to_add=[{"header": {"key": "x-local-rate-limit", "value": "true"}}],
+    response_headers_to_add=[
+        {"header": {"key": "x-local-rate-limit", "value": "true"}},
+        {"header": {"key": "x-limited-path", "value": "%REQ(:PATH)%"}},  # a format command
+    ],
 )
 
 
@@ -169,6 +172,7 @@ def test_listener_bucket_answers_429_with_envoys_reply(
     assert headers["content-type"] == "text/plain"
     assert headers["x-envoy-ratelimited"] == "true"
     assert headers["x-local-rate-limit"] == "true"
+    assert headers["x-limited-path"] == "/index.html"
     line = log.wait_for_line("lrl/listener-429")
     assert line == "429 RL local_rate_limited lrl/listener-429"
     assert stats(proc, "listener_limiter") == {

@@ -18,8 +18,8 @@ from udsproxy.accesslog.formatter import compile_text
 from udsproxy.flags import ResponseFlag
 from udsproxy.streaminfo import StreamInfo
 from udsproxy.upstream.cluster import Host
-from udsproxy.upstream.resources import Resources
 from udsproxy.upstream.connection import UpstreamConnection
+from udsproxy.upstream.resources import Resources
 
 OK_EMPTY = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
 RESET = "upstream_reset_before_response_started"  # Envoy's %RESPONSE_CODE_DETAILS%
