@@ -254,7 +254,7 @@ class Server:
             else:
                 stats = self.store.cluster_for(cconf.name)
                 clusters[cconf.name] = Cluster(
-                    cconf, self.loop, stats, self.concurrency, worker=self.worker
+                    cconf, self.loop, stats, self.concurrency, worker=self.worker, publish=False
                 )
                 self.stats[
                     "cluster_manager.cluster_modified" if old else "cluster_manager.cluster_added"
@@ -295,6 +295,8 @@ class Server:
             raise
         # Swap: nothing below can fail on the config.
         self.clusters = clusters
+        for cluster in built:
+            cluster.publish_stats()
         wanted = {c.name for c in new.listeners}
         for name in [n for n in self.slots if n not in wanted or n in fresh]:
             log.info("listener '%s' removed or moved: draining", name)

@@ -85,10 +85,14 @@ class FakeTransport:
 
 
 class FakeTimer:
-    def __init__(self, when: float, cb: Callable[[], None]) -> None:
+    def __init__(self, when: float, cb: Callable[..., None], args: tuple[Any, ...] = ()) -> None:
         self.when = when
         self.cb = cb
+        self.args = args
         self.cancelled = False
+
+    def run(self) -> None:
+        self.cb(*self.args)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -113,11 +117,11 @@ class FakeLoop:
     def time(self) -> float:
         return self.now
 
-    def call_later(self, delay: float, cb: Callable[[], None]) -> FakeTimer:
-        return self.call_at(self.now + delay, cb)
+    def call_later(self, delay: float, cb: Callable[..., None], *args: Any) -> FakeTimer:
+        return self.call_at(self.now + delay, cb, *args)
 
-    def call_at(self, when: float, cb: Callable[[], None]) -> FakeTimer:
-        t = FakeTimer(when, cb)
+    def call_at(self, when: float, cb: Callable[..., None], *args: Any) -> FakeTimer:
+        t = FakeTimer(when, cb, args)
         self.timers.append(t)
         return t
 
@@ -141,7 +145,7 @@ class FakeLoop:
         for t in list(self.timers):
             if not t.cancelled and t.when <= self.now:
                 self.timers.remove(t)
-                t.cb()
+                t.run()
 
     def close(self) -> None:
         for c in self.tasks:

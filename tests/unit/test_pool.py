@@ -387,3 +387,38 @@ def test_a_connection_closed_before_its_first_use_fails_the_waiter(pool):
         p.connects.pop(0).send(None)
     assert isinstance(w.exc, ConnectionResetError)
     assert p.stats.upstream_rq_pending_active == 0 and not p.pool.busy and not p.pool.connecting
+
+
+# -- circuit breakers: the cluster's counts stay exact on every way a connection leaves ---------
+
+
+def test_idle_expiry_and_close_idle_count_connections_out(pool):
+    p = pool(idle_timeout=1.0, max_connections=2)
+    res = p.pool.resources
+    a, b = served(p, 2)
+    p.pool.release(a)
+    p.pool.release(b)
+    assert (res.cx, res.rq) == (2, 0)
+    p.loop.advance(2.0)  # both expire
+    assert res.cx == 0
+    w1, w2 = p.take(), p.take()
+    assert len(p.connects) == 2  # room for two again, not one at a time
+    p.connect_ok()
+    p.connect_ok()
+    p.pool.release(w1.conn)
+    p.pool.release(w2.conn)
+    p.pool.close_idle()  # a host going unhealthy, or leaving DNS
+    assert (res.cx, res.rq, res.pending) == (0, 0, 0)
+
+
+def test_a_fresh_try_at_max_connections_closes_an_idle_one_to_make_room(pool):
+    # the stale keep-alive retry may not take the idle connections: one of them makes room
+    p = pool(max_connections=2)
+    res = p.pool.resources
+    (a,) = served(p, 1)
+    p.pool.release(a)
+    res.cx = 2  # another host of the cluster holds the other connection
+    w = p.take(fresh=True)
+    assert a.closed and len(p.connects) == 1 and res.cx == 2
+    p.connect_ok()
+    assert w.conn is not None and w.conn is not a

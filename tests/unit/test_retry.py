@@ -208,3 +208,35 @@ def test_breaker_gauges() -> None:
         "p.rq_retry_open": 0, "p.remaining_cx": 0, "p.remaining_pending": 1024,
         "p.remaining_rq": 1, "p.remaining_retries": 3,
     }  # fmt: skip
+
+
+def test_a_built_cluster_shows_its_breakers_only_once_swapped_in() -> None:
+    """A reload builds the changed cluster first; if the reload then fails, the running one's
+    breakers and outlier counters must stay on show (the stats object outlives both)."""
+    from tests.unit.fakes import FakeLoop
+    from udsproxy.config import schema
+    from udsproxy.stats.store import ClusterStats
+    from udsproxy.upstream.cluster import Cluster
+
+    loop: Any = FakeLoop()
+    endpoints = (schema.Endpoint(address=schema.Pipe(path="/nonexistent")),)
+    stats = ClusterStats()
+    breakers = (schema.CircuitBreakerThresholds(max_connections=7),)
+    live = Cluster(
+        schema.Cluster(
+            name="c",
+            endpoints=endpoints,
+            circuit_breakers=breakers,
+            outlier_detection=schema.OutlierDetection(),
+        ),
+        loop,
+        stats,
+    )
+    assert live.outlier is not None
+    assert stats.breakers is live.resources and stats.outlier is live.outlier.stats
+    dropped = Cluster(schema.Cluster(name="c", endpoints=endpoints), loop, stats, publish=False)
+    dropped.close()  # the reload failed after building it
+    assert stats.breakers is live.resources and stats.outlier is live.outlier.stats
+    swapped = Cluster(schema.Cluster(name="c", endpoints=endpoints), loop, stats, publish=False)
+    swapped.publish_stats()  # the reload's swap
+    assert stats.breakers is None and stats.outlier is None

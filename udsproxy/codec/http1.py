@@ -150,7 +150,7 @@ class LocalReply:
     response_headers_to_add apply to it (they do not to the connection manager's own replies).
     """
 
-    __slots__ = ("body", "code", "details", "flag", "router")
+    __slots__ = ("after_retries", "body", "code", "details", "flag", "router")
 
     def __init__(
         self, code: int, body: str | bytes, flag: int, details: str, *, router: bool = False
@@ -160,6 +160,7 @@ class LocalReply:
         self.flag = flag
         self.details = details
         self.router = router
+        self.after_retries: LocalReply | None = None  # retried(): made once, kept here
 
 
 def _reset(code: int, reason: str, flag: ResponseFlag, detail: str) -> LocalReply:
@@ -205,16 +206,15 @@ UPSTREAM_PER_TRY_TIMEOUT = LocalReply(
 )
 # a circuit breaker's overflow: Envoy tells the client the upstream is overloaded
 OVERLOADED_HEADERS = ((b"x-envoy-overloaded", b"true"),)
-_RETRIED: dict[int, LocalReply] = {}
 
 
 def retried(reply: LocalReply) -> LocalReply:
     """``reply`` after retries: Envoy's body says "retried and the latest reset reason"."""
-    out = _RETRIED.get(id(reply))
+    out = reply.after_retries
     if out is None:
         body = reply.body.replace(b"reset reason: ", b"retried and the latest reset reason: ", 1)
         out = LocalReply(reply.code, body, reply.flag, reply.details, router=reply.router)
-        _RETRIED[id(reply)] = out
+        reply.after_retries = out
     return out
 
 

@@ -390,8 +390,12 @@ class ActiveStream(FilterCallbacks):
                 self.conn.arm(self.conn.last_io + idle)
 
     def arm_per_try_timeout(self) -> None:
-        """The try in flight, the whole request held: its per_try_timeout starts."""
+        """The try has its connection and the whole request is held: its per_try_timeout
+        starts (as Envoy's, not while it waits in the pool)."""
         rs = self.retry_state
+        up = self.upstream
+        if up is None or up.conn is None:
+            return  # on_pool_ready arms it
         if rs is not None and rs.policy.per_try_timeout > 0 and self.upgrade is None:
             rs.try_deadline = self.ctx.loop.time() + rs.policy.per_try_timeout
             self.conn.arm(rs.try_deadline)
@@ -400,6 +404,8 @@ class ActiveStream(FilterCallbacks):
     def encode_interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         if status == 100 or self.http10:
             return  # the proxy answered Expect itself; HTTP/1.0 clients get no 1xx
+        if self.retry_state is not None:
+            self.retry_state.interim_sent = True  # the client saw this try: no retry now
         self.conn.write(response_head(status, headers, ()))
 
     def encode_headers(

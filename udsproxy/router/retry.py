@@ -146,6 +146,7 @@ class RetryState:
     __slots__ = (
         "failed_host",
         "holding",
+        "interim_sent",
         "policy",
         "resources",
         "retried",
@@ -161,6 +162,7 @@ class RetryState:
         self.timer: Cancellable | None = None  # the back-off's timer
         self.try_deadline = 0.0  # per_try_timeout's, on the loop's clock
         self.failed_host: Any = None  # the last try's Host: a retry avoids it
+        self.interim_sent = False  # a 1xx went downstream: Envoy retries no more
 
     def back_off(self, rand: float | None = None) -> float:
         """The wait before the next retry (Envoy's jittered exponential back-off)."""

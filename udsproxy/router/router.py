@@ -54,13 +54,9 @@ class Router:
             s.local_reply(http1.NO_CLUSTER)
             return
         s.upstream_cluster = cluster.name
-        host = cluster.pick()
+        host = self._pick(s, cluster, None)
         if host is None:
-            cluster.stats.upstream_cx_none_healthy += 1
-            s.local_reply(http1.NO_HEALTHY_UPSTREAM)
             return
-        s.host = host
-        s.upstream_host = host.text
         s.head = self._encode_head(s, route)
         if s.expect_continue and not s.request_complete and not s.http10:
             s.conn.write(_CONTINUE)
@@ -80,6 +76,17 @@ class Router:
     def shadow(self, s: ActiveStream, route: CompiledRoute) -> None:
         """A request with mirror policies is complete (the stream's decode_complete)."""
         mirroring.shadow(s, route)
+
+    def _pick(self, s: ActiveStream, cluster: Cluster, avoid: Host | None) -> Host | None:
+        """The host of the next try (the stream's from now on), or None: answered 503 UH."""
+        host = cluster.pick(avoid)
+        if host is None:
+            cluster.stats.upstream_cx_none_healthy += 1
+            s.local_reply(http1.NO_HEALTHY_UPSTREAM)
+            return None
+        s.host = host
+        s.upstream_host = host.text
+        return host
 
     def _encode_head(self, s: ActiveStream, route: CompiledRoute) -> bytes:
         if route.request_shaping is not None:
@@ -243,6 +250,7 @@ class Router:
                 return True
         elif rs.retried:
             upstream.host.cluster.stats.upstream_rq_retry_success += 1
+        rs.try_deadline = 0.0  # the response goes downstream: the route timeout alone now
         if s.route is not None and s.route.attempt_count_in_response:
             codec.headers.append((b"x-envoy-attempt-count", b"%d" % s.attempt_count))
             codec.block = None
@@ -251,7 +259,7 @@ class Router:
     def _retry(self, s: ActiveStream, rs: RetryState, host: Host) -> bool:
         """Schedule another try if the request, the policy, the breaker and the clock allow.
         The caller checked the failure is one the policy retries."""
-        if s.response_started or not s.request_complete or not s.retain_body:
+        if s.response_started or not s.request_complete or not s.retain_body or rs.interim_sent:
             return False
         cs = host.cluster.stats
         if rs.retried >= rs.policy.num_retries:
@@ -286,34 +294,23 @@ class Router:
         rs.timer = None
         if s.done:
             return
-        host = cluster.pick(rs.failed_host)
+        host = self._pick(s, cluster, rs.failed_host)
         if host is None:
-            cluster.stats.upstream_cx_none_healthy += 1
-            s.local_reply(http1.NO_HEALTHY_UPSTREAM)
             return
-        s.host = host
-        s.upstream_host = host.text
         upstream = s.upstream = UpstreamRequest(s, host, self)
-        upstream.start()
-        if not s.done and s.upstream is upstream:
-            s.arm_per_try_timeout()
+        upstream.start()  # its per_try_timeout starts with its connection (on_pool_ready)
 
     def on_per_try_timeout(self, s: ActiveStream) -> None:
         """The try in flight took longer than per_try_timeout: retried, or 504 UT."""
         upstream = s.upstream
-        if s.done or not isinstance(upstream, UpstreamRequest):
-            return
+        if s.done or s.response_started or not isinstance(upstream, UpstreamRequest):
+            return  # a response under way: only the route timeout applies (Envoy)
         host = upstream.host
         host.cluster.stats.upstream_rq_per_try_timeout += 1
         if host.outlier is not None:
             host.outlier.put_timeout(upstream.conn is not None)
         s.upstream = None
         upstream.reset()
-        if s.response_started:
-            s.response_flags |= ResponseFlag.UT
-            s.conn.abort()
-            s.finish(True)
-            return
         rs = s.retry_state
         assert rs is not None
         if rs.policy.retriable_reset(False) and self._retry(s, rs, host):

@@ -70,6 +70,8 @@ class UpstreamRequest:
         # a whole request may wait for the end of the loop iteration; a body that follows not
         conn.send(self, data, s.ctx.write_batch if s.request_complete else None)
         s.on_request_sent(conn)
+        if s.retry_state is not None and s.request_complete and self.conn is conn:
+            s.arm_per_try_timeout()
 
     def on_pool_failure(self, exc: BaseException) -> None:
         self.waiting = False

@@ -209,6 +209,7 @@ class Cluster:
         workers: int = 1,
         *,
         worker: int = 0,
+        publish: bool = True,
     ) -> None:
         self.config = config
         self.stats = stats if stats is not None else ClusterStats()  # kept across reloads
@@ -221,7 +222,6 @@ class Cluster:
                 schema.CircuitBreakerThresholds(),
             )
             self.resources = Resources.for_worker(default, workers)
-        self.stats.breakers = self.resources
         self.draining = False  # replaced by a reload: connections retire as they finish
         self.name = config.name
         self.loop = loop
@@ -240,11 +240,11 @@ class Cluster:
         self.healthy_count = 0  # membership_healthy
         self.outlier: Detector | None = None  # outlier_detection (upstream.outlier)
         if config.outlier_detection is not None:
-            if self.stats.outlier is None:
-                self.stats.outlier = OutlierStats()
-            self.outlier = Detector(config.outlier_detection, self, loop, self.stats.outlier)
-        else:
-            self.stats.outlier = None
+            # the counters carry over a reload (the stats object does); shown once published
+            counters = self.stats.outlier or OutlierStats()
+            self.outlier = Detector(config.outlier_detection, self, loop, counters)
+        if publish:
+            self.publish_stats()
         self._rr = 0
         self._targets: list[tuple[Host, ...]] = [() for _ in config.endpoints]  # per endpoint
         self.resolver: Resolver | None = None
@@ -278,6 +278,13 @@ class Cluster:
             if self.stats.ssl is None:
                 self.stats.ssl = SslStats()
             self.tls = ClusterTls(config.tls, self.stats.ssl, config.connect_timeout)
+
+    def publish_stats(self) -> None:
+        """Point the cluster's stats (shared across reloads) at this cluster's breakers and
+        outlier counters: at construction, or by a reload once it has swapped this one in (a
+        reload that fails must leave the running cluster's on show)."""
+        self.stats.breakers = self.resources
+        self.stats.outlier = self.outlier.stats if self.outlier is not None else None
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a connect attempt; the set keeps a strong reference until it is done."""

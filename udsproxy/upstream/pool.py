@@ -117,6 +117,7 @@ class ConnPool:
                         res.rq += 1
                     waiter.on_pool_ready(conn)
                     return None
+                self._closed_idle(conn)  # closing already: out of the pool, and counted out
         if res is not None:
             if res.pending >= res.max_pending:
                 self._overflow(waiter)
@@ -140,8 +141,12 @@ class ConnPool:
         res = self.resources
         if res is not None:
             if res.cx >= res.max_connections and self.total > 0:
-                self.stats.upstream_cx_overflow += 1  # waits for a busy one to be released
-                return
+                if not self.idle:
+                    self.stats.upstream_cx_overflow += 1  # waits for a busy one to be released
+                    return
+                # idle connections a fresh try may not take (the stale keep-alive retry):
+                # the oldest makes room for the new one
+                self._closed_idle(self.idle.popleft())
             res.cx += 1
         self.connecting += 1
         self._spawn(self._open())
@@ -212,6 +217,14 @@ class ConnPool:
         if self._timer is None and self.idle_timeout > 0:
             self._timer = self.loop.call_at(conn.idle_since + self.idle_timeout, self._expire)
 
+    def _closed_idle(self, conn: Any) -> None:
+        """An idle connection taken out of ``idle`` to close: counted out here, since
+        forget() no longer finds it."""
+        res = self.resources
+        if res is not None:
+            res.cx -= 1
+        conn.close()
+
     def _replace(self) -> None:
         """A connection closed while requests wait (at max_connections): open another."""
         if self.connecting < len(self.pending):
@@ -239,13 +252,13 @@ class ConnPool:
         idle = self.idle
         while idle and idle[0].idle_since <= deadline:
             self.stats.upstream_cx_idle_timeout += 1
-            idle.popleft().close()
+            self._closed_idle(idle.popleft())
         if idle:
             self._timer = self.loop.call_at(idle[0].idle_since + self.idle_timeout, self._expire)
 
     def close_idle(self) -> None:
         while self.idle:
-            self.idle.pop().close()
+            self._closed_idle(self.idle.pop())
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
