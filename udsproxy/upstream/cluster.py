@@ -156,6 +156,12 @@ class Host:
             if tls is None:
                 raise
             raise tls.failed(exc) from None  # 503 UF with Envoy's TLS failure reason
+        except asyncio.CancelledError:
+            # cancelled (a health check's timeout, a cluster closing) after the connection
+            # was made but before this resumed: nobody else will close it
+            if conn.transport is not None:
+                conn.abort()
+            raise
         if tls is not None and not tls.verified(conn.transport):
             conn.abort()
             raise tls.san_failed()
