@@ -337,7 +337,7 @@ def test_max_requests_overflow_is_503_uo_with_x_envoy_overloaded(
     assert wait_until(lambda: _stats(p)["circuit_breakers.default.rq_open"] == 0, 5)
     assert _stats(p)["circuit_breakers.default.remaining_rq"] == 1
     assert _line(p, log, "overflow") == (
-        "503 UO upstream_reset_before_response_started{overflow} 0"
+        "503 UO upstream_reset_before_response_started{overflow} 1"
     )
 
 
@@ -407,3 +407,37 @@ def test_breakers_are_shared_out_per_worker(upstream: FaultyUpstream, tmp_path: 
         assert gauges()["remaining_retries"] == 4
     finally:
         proc.stop()
+
+
+def test_a_socket_that_disappears_and_comes_back(
+    inproc: Inproc, tmp_path: Path, sock_path: SockPaths
+) -> None:
+    """The upstream's socket goes away (its server stopped, the file unlinked) and comes back
+    at the same path: retries are used up with Envoy's reply, then traffic resumes by itself."""
+    path = sock_path("flaky")
+    up = FaultyUpstream(path, ["200"])
+    log = tmp_path / "a.log"
+    policy = {"retry_on": "connect-failure", "num_retries": 1}
+    p = inproc(_config(log, [path], retry_policy=policy))
+    try:
+        assert _get(p, "before").status == 200
+        up.close()  # gone: the pooled connection closes, the file is unlinked
+        r = _get(p, "gone")
+        assert r.status == 503
+        assert r.body == (
+            b"upstream connect error or disconnect/reset before headers. retried and the latest"
+            b" reset reason: connection failure"
+        )
+        up = FaultyUpstream(path, ["200"])  # back, a new server on the same path
+        assert _get(p, "back").status == 200
+        s = _stats(p)
+        assert s["upstream_cx_connect_fail"] == 2 and s["upstream_rq_retry"] == 1
+        p.stop()
+        lines = [x.rsplit(" ", 1)[0] for x in AccessLog(log).lines()]
+        assert lines == [
+            "200 - via_upstream 1",
+            "503 UF,URX upstream_reset_before_response_started{connection_failure} 2",
+            "200 - via_upstream 1",
+        ]
+    finally:
+        up.close()

@@ -358,7 +358,6 @@ class ActiveStream(FilterCallbacks):
 
     def on_upstream_ready(self) -> list[bytes]:
         """The try has its connection: what to send first (the head, and the body held)."""
-        self.attempt_count += 1
         data = self.router.encode_request(self)
         if self.conn.body_buffered > self.ctx.buffer_limit:
             self._abandon_body()

@@ -57,6 +57,7 @@ class UpstreamRequest:
         self.waiting = False  # queued in the pool for a connection
 
     def start(self, fresh: bool = False) -> None:
+        self.stream.attempt_count += 1  # a try counts whether or not it gets a connection
         self.waiting = self.host.pool.new_stream(self, fresh) is not None
 
     # -- the pool's waiter -------------------------------------------------------------------------
