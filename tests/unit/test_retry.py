@@ -239,4 +239,5 @@ def test_a_built_cluster_shows_its_breakers_only_once_swapped_in() -> None:
     assert stats.breakers is live.resources and stats.outlier is live.outlier.stats
     swapped = Cluster(schema.Cluster(name="c", endpoints=endpoints), loop, stats, publish=False)
     swapped.publish_stats()  # the reload's swap
-    assert stats.breakers is None and stats.outlier is None
+    assert stats.breakers is swapped.resources and stats.outlier is None
+    assert swapped.resources is not None and swapped.resources.max_connections == 1024

@@ -220,14 +220,13 @@ class Cluster:
         self.config = config
         self.stats = stats if stats is not None else ClusterStats()  # kept across reloads
         # circuit breakers: the DEFAULT priority's thresholds (routes have no other), this
-        # worker's share; None when the cluster has none configured (nothing counted)
-        self.resources: Resources | None = None
-        if config.circuit_breakers:
-            default = next(
-                (t for t in config.circuit_breakers if t.priority == "DEFAULT"),
-                schema.CircuitBreakerThresholds(),
-            )
-            self.resources = Resources.for_worker(default, workers)
+        # worker's share. A cluster without any has Envoy's defaults (1024 connections, pending
+        # and active requests, 3 retries): slow clients cannot take every upstream connection.
+        default = next(
+            (t for t in config.circuit_breakers if t.priority == "DEFAULT"),
+            schema.CircuitBreakerThresholds(),
+        )
+        self.resources: Resources | None = Resources.for_worker(default, workers)
         self.draining = False  # replaced by a reload: connections retire as they finish
         self.name = config.name
         self.loop = loop
