@@ -22,6 +22,7 @@ import errno
 import logging
 import os
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Mapping
@@ -52,6 +53,105 @@ _RUNTIME_POLL_S = 2.0  # how often disk runtime layers are re-read
 DEFAULT_SPLICE_MIN_BYTES = 256 * 1024
 
 
+# Out of descriptors at accept(): these errnos mean "no fd (or kernel memory) for one more".
+_FD_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_FD_BACKOFF_S = 0.05  # paused listener: retry accept() this often (one syscall each, no spin)
+_FD_LOG_INTERVAL_S = 10.0  # at most one warning per listener per interval, with the count
+_ACCEPT_BATCH = 64  # connections accepted per readiness event before yielding to the loop
+
+
+class _Acceptor:
+    """Accepts on a listening socket itself, then hands each connection to the loop.
+
+    The loop's own server (libuv) answers EMFILE by closing a spare descriptor, accepting and
+    closing every pending connection with it, and saying nothing: each client gets a reset.
+    Here a refused accept() is counted (``listener.<address>.downstream_cx_fd_exhausted``,
+    udsproxy's own name: Envoy has no such stat), logged at most once per interval, and the
+    listener stops reading until a retry after a short back-off succeeds: the clients wait in
+    the kernel's backlog meanwhile and are served once a descriptor is free.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        slot: _ListenerSlot,
+        ssl_ctx: ssl.SSLContext | None,
+    ) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.sockets = (sock,)
+        self.slot = slot
+        self.ssl = ssl_ctx
+        self.fd = sock.fileno()
+        self.closed = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._unlogged = 0  # refusals since the last warning
+        self._logged_at = -_FD_LOG_INTERVAL_S
+        sock.setblocking(False)
+        sock.listen(_BACKLOG)
+        loop.add_reader(self.fd, self._on_readable)
+
+    def _on_readable(self) -> None:
+        sock = self.sock
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                conn, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _FD_EXHAUSTED:
+                    self._exhausted(exc)
+                    return
+                # ECONNABORTED and the like: that one client is gone; the listener is fine
+                log.debug("listener '%s': accept: %s", self.slot.config.name, exc)
+                continue
+            task = self.loop.create_task(
+                self.loop.connect_accepted_socket(self.slot.new_connection, conn, ssl=self.ssl)
+            )
+            task.add_done_callback(_accepted)
+
+    def _exhausted(self, exc: OSError) -> None:
+        self.slot.ctx.listener_stats.downstream_cx_fd_exhausted += 1
+        self._unlogged += 1
+        now = self.loop.time()
+        if now - self._logged_at >= _FD_LOG_INTERVAL_S:
+            log.warning(
+                "listener '%s': %d connection(s) not accepted in the last %gs: %s;"
+                " accepting paused, new clients wait in the backlog until a descriptor frees",
+                self.slot.config.name,
+                self._unlogged,
+                _FD_LOG_INTERVAL_S,
+                os.strerror(exc.errno or errno.EMFILE),
+            )
+            self._unlogged = 0
+            self._logged_at = now
+        self.loop.remove_reader(self.fd)
+        self._timer = self.loop.call_later(_FD_BACKOFF_S, self._resume)
+
+    def _resume(self) -> None:
+        self._timer = None
+        if not self.closed:
+            self.loop.add_reader(self.fd, self._on_readable)
+            self._on_readable()  # a client may be waiting already: no need for a new event
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.loop.remove_reader(self.fd)
+        self.sock.close()
+
+
+def _accepted(task: asyncio.Task[object]) -> None:
+    # A TLS handshake that fails, or a client gone before it began, ends here: nothing to do.
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("connection setup failed: %s", task.exception())
+
+
 class _ListenerSlot:
     """A bound listener. Its socket outlives reloads; ``ctx`` is swapped under it."""
 
@@ -59,7 +159,7 @@ class _ListenerSlot:
         self.config = config
         self.ctx = ctx
         self.old: list[ListenerContext] = []  # replaced contexts still draining connections
-        self.server: asyncio.AbstractServer | None = None
+        self.server: _Acceptor | None = None
         self.tls: TlsContexts | None = TlsContexts(config.tls) if config.tls else None
         self.bound: tuple[str, int] | str = ""
         self.owns_path = True  # an inherited pipe socket belongs to the supervisor
@@ -367,21 +467,9 @@ class Server:
         slot.owns_path = inherited is None
         slot.shared = inherited
         if isinstance(address, schema.SocketAddress):
-            if inherited is not None:
-                srv = await self.loop.create_server(
-                    slot.new_connection, sock=inherited, backlog=_BACKLOG, ssl=ssl_ctx
-                )
-            else:
-                srv = await self.loop.create_server(
-                    slot.new_connection,
-                    address.address,
-                    address.port_value,
-                    reuse_address=True,
-                    reuse_port=self.reuse_port or None,
-                    backlog=_BACKLOG,
-                    ssl=ssl_ctx,
-                )
-            name = srv.sockets[0].getsockname()
+            sock = inherited if inherited is not None else self._bind_tcp(address)
+            srv = _Acceptor(self.loop, sock, slot, ssl_ctx)
+            name = sock.getsockname()
             slot.bound = (name[0], name[1])
             text = str(schema.SocketAddress(address=name[0], port_value=name[1]))
             if address.port_value == 0:  # Envoy names listener stats by the bound address
@@ -390,15 +478,31 @@ class Server:
                 slot.ctx.listener_stats = self.store.listener_for(text, prefix)
         else:
             sock = inherited if inherited is not None else bind_unix(address)
-            srv = await self.loop.create_unix_server(
-                slot.new_connection, sock=sock, backlog=_BACKLOG, ssl=ssl_ctx
-            )
+            srv = _Acceptor(self.loop, sock, slot, ssl_ctx)
             slot.bound = text = address.path
         slot.server = srv
         if self.announce:
             print(f"udsproxy: listener '{config.name}' listening on {text}", file=sys.stderr)
             sys.stderr.flush()
         return slot
+
+    def _bind_tcp(self, address: schema.SocketAddress) -> socket.socket:
+        host, port = address.address, address.port_value
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:  # "::" is IPv6 only (Envoy's ipv4_compat: false)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(sockaddr)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     async def _close_slot(self, slot: _ListenerSlot) -> None:
         slot.stop_accepting()

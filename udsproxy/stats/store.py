@@ -7,13 +7,14 @@ are summed across worker processes and rendered by ``udsproxy.stats.render``.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Any, Protocol
 
 from udsproxy.stats import DEFAULT_BUCKETS
 
 __all__ = [
     "BOUNDS", "ClusterStats", "FilterStats", "HealthCheckStats", "HostKey", "HttpStats",
-    "ListenerStats", "OutlierStats", "Raw", "SslStats", "StatsStore", "Tally",
+    "ListenerStats", "MsHistogram", "OutlierStats", "Raw", "SslStats", "StatsStore", "Tally",
 ]  # fmt: skip
 
 # (counters, gauges, histograms): histograms as name -> [sum, count, *bucket counts]
@@ -52,6 +53,30 @@ class Tally:
 
     def hist(self) -> list[float]:
         return [self.sum, float(sum(self.counts)), *map(float, self.counts)]
+
+
+class MsHistogram:
+    """A histogram in milliseconds over Envoy's buckets, recorded once per connection (when it
+    is made or closed), never per request: keep-alive requests cost it nothing."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_BOUNDS) + 1)  # per bucket; the last one: above every bound
+        self.sum = 0.0
+
+    def record(self, ms: float) -> None:
+        self.counts[bisect_left(_BOUNDS, ms)] += 1
+        self.sum += ms
+
+    def values(self) -> list[float]:
+        """[sum, count, *bucket counts]: a Raw histogram."""
+        counts = self.counts
+        return [self.sum, float(sum(counts)), *map(float, counts)]
+
+    def reset(self) -> None:
+        self.counts = [0] * (len(_BOUNDS) + 1)
+        self.sum = 0.0
 
 
 def _dump(obj: Any, prefix: str, counters: dict[str, int], gauges: dict[str, int]) -> None:
@@ -105,6 +130,8 @@ class HttpStats:
     downstream_rq_timeout: int  # request_timeout
     downstream_rq_header_timeout: int  # request_headers_timeout
     downstream_cx_max_duration_reached: int  # max_connection_duration
+    downstream_cx_max_requests_reached: int  # max_requests_per_connection
+    downstream_cx_delayed_close_timeout: int  # delayed_close_timeout ran out
     downstream_rq_failed_path_normalization: int
     downstream_rq_redirected_with_normalized_path: int
     no_route: int
@@ -124,11 +151,12 @@ class HttpStats:
         "downstream_rq_active",
     )
     COUNTERS = _counters(__annotations__, GAUGES)
-    __slots__ = (*COUNTERS, *GAUGES)
+    __slots__ = (*COUNTERS, *GAUGES, "cx_length_ms")
 
     def __init__(self) -> None:
         for name in self.COUNTERS + self.GAUGES:
             setattr(self, name, 0)
+        self.cx_length_ms = MsHistogram()  # downstream_cx_length_ms
 
     def dump(
         self,
@@ -139,6 +167,7 @@ class HttpStats:
         tally: Tally,
     ) -> None:
         _dump(self, prefix, counters, gauges)
+        hists[prefix + "downstream_cx_length_ms"] = self.cx_length_ms.values()
         for name in _HTTP1_ROOT:
             counters.pop(prefix + name)
             root = "http1." + name[6:]
@@ -154,6 +183,7 @@ class HttpStats:
 
     def reset(self) -> None:
         _reset(self)
+        self.cx_length_ms.reset()
 
 
 class ListenerStats:
@@ -161,14 +191,17 @@ class ListenerStats:
 
     downstream_cx_total: int
     downstream_cx_destroy: int
+    # udsproxy's own: accept() refused for want of a descriptor (EMFILE/ENFILE); see server.py
+    downstream_cx_fd_exhausted: int
     downstream_cx_active: int  # gauge
     GAUGES = ("downstream_cx_active",)
     COUNTERS = _counters(__annotations__, GAUGES)
-    __slots__ = (*COUNTERS, *GAUGES, "entries")
+    __slots__ = (*COUNTERS, *GAUGES, "cx_length_ms", "entries")
 
     def __init__(self) -> None:
         for name in self.COUNTERS + self.GAUGES:
             setattr(self, name, 0)
+        self.cx_length_ms = MsHistogram()  # downstream_cx_length_ms
         # The ledger: every finished request of this listener, as one dict entry,
         # (upstream host key | None, status, ms bucket) -> [count, sum of ms]. All per-request
         # counters (classes, totals, codes, histograms, per-host results) are derived from it
@@ -181,15 +214,18 @@ class ListenerStats:
         http_prefix: str,
         counters: dict[str, int],
         gauges: dict[str, int],
+        hists: dict[str, list[float]],
         tally: Tally,
     ) -> None:
         _dump(self, prefix, counters, gauges)
+        hists[prefix + "downstream_cx_length_ms"] = self.cx_length_ms.values()
         for i, cls in enumerate(_CLASSES, 1):
             counters[f"{prefix}http.{http_prefix}.downstream_rq_{cls}"] = tally.classes[i]
         counters[f"{prefix}http.{http_prefix}.downstream_rq_completed"] = tally.total
 
     def reset(self) -> None:
         _reset(self)
+        self.cx_length_ms.reset()
         self.entries = {}
 
 
@@ -250,6 +286,11 @@ class ClusterStats:
     uds_socket_present: int  # gauge
     uds_fs_used_bytes: int  # gauge
     uds_fs_total_bytes: int  # gauge
+    # Envoy's config-update gauges, on every cluster: version is the hash of its EDS version_info
+    # (udsproxy has no EDS: always 0); warming_state is 1 while the cluster warms (its first DNS
+    # answers and health checks), then 0
+    version: int  # gauge
+    warming_state: int  # gauge
     GAUGES = (
         "upstream_cx_active",
         "upstream_rq_active",
@@ -259,13 +300,20 @@ class ClusterStats:
         "uds_socket_present",
         "uds_fs_used_bytes",
         "uds_fs_total_bytes",
+        "version",
+        "warming_state",
     )
     COUNTERS = _counters(__annotations__, GAUGES)
-    __slots__ = (*COUNTERS, *GAUGES, "breakers", "health_check", "outlier", "shadow_entries", "ssl")
+    __slots__ = (
+        *COUNTERS, *GAUGES, "breakers", "cx_connect_ms", "cx_length_ms", "health_check",
+        "outlier", "shadow_entries", "ssl",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         for name in self.COUNTERS + self.GAUGES:
             setattr(self, name, 0)
+        self.cx_connect_ms = MsHistogram()  # upstream_cx_connect_ms: connect start to made
+        self.cx_length_ms = MsHistogram()  # upstream_cx_length_ms: made to closed
         self.ssl: SslStats | None = None  # cluster.<name>.ssl.*, once the cluster has TLS
         # circuit_breakers.default.* (upstream.resources.Resources), the current cluster's
         self.breakers: BreakerGauges | None = None
@@ -309,9 +357,13 @@ class ClusterStats:
         counters[prefix + "upstream_rq_total"] = total
         counters[prefix + "upstream_rq_completed"] = total
         hists[prefix + "upstream_rq_time"] = tally.hist()
+        hists[prefix + "upstream_cx_connect_ms"] = self.cx_connect_ms.values()
+        hists[prefix + "upstream_cx_length_ms"] = self.cx_length_ms.values()
 
     def reset(self) -> None:
         _reset(self)
+        self.cx_connect_ms.reset()
+        self.cx_length_ms.reset()
         self.shadow_entries = {}
         if self.ssl is not None:
             _reset(self.ssl)
@@ -452,7 +504,7 @@ class StatsStore:
                 if host is not None:
                     into.routed += count
                     clusters.setdefault(id(host[0]), Tally()).add(code, bucket, count, ms)
-            ls.dump(f"listener.{key}.", http_prefix, counters, gauges, mine)
+            ls.dump(f"listener.{key}.", http_prefix, counters, gauges, hists, mine)
         for prefix, hs in self.http.items():
             hs.dump(f"http.{prefix}.", counters, gauges, hists, http[prefix])
         for name, cs in self.clusters.items():
