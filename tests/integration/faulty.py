@@ -6,6 +6,9 @@ step of its script (the last step repeats). Steps:
 - ``"hang"``: the request is read and never answered (until the server closes);
 - ``"delay:0.3"``: answered 200 after 0.3 s;
 - ``"partial"``: a 200 head with Content-Length 100 and 5 body bytes, then a close.
+- ``"stall"``: a 200 head with Content-Length 100 and 5 body bytes, then nothing (until close).
+- ``"badchunk"``: a chunked 200, one good chunk, then a chunk size that is not hex (the
+  connection stays open: the proxy must see a protocol error, not a close).
 
 It records every request it read (method, path, headers) and which connection it came on.
 Real sockets, no mock: what the proxy sees is what a broken upstream does.
@@ -115,6 +118,17 @@ class FaultyUpstream:
             return False
         if step == "partial":
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello")
+            return False
+        if step == "stall":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello")
+            self._stop.wait()
+            return False
+        if step == "badchunk":
+            head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            conn.sendall(head + b"5\r\nhello\r\n")
+            time.sleep(0.1)  # the head goes downstream before the error is read
+            conn.sendall(b"zz\r\n")
+            self._stop.wait()
             return False
         status = 200
         if step.startswith("delay:"):

@@ -150,15 +150,25 @@ class LocalReply:
     response_headers_to_add apply to it (they do not to the connection manager's own replies).
     """
 
-    __slots__ = ("after_retries", "body", "code", "details", "flag", "router")
+    __slots__ = ("after_retries", "body", "code", "details", "flag", "late_details", "router")
 
     def __init__(
-        self, code: int, body: str | bytes, flag: int, details: str, *, router: bool = False
+        self,
+        code: int,
+        body: str | bytes,
+        flag: int,
+        details: str,
+        *,
+        router: bool = False,
+        late_details: str | None = None,
     ) -> None:
         self.code = code
         self.body = body.encode() if isinstance(body, str) else body
         self.flag = flag
         self.details = details
+        # Envoy's details when this happens after the response started and the client's
+        # connection is reset instead (a reset's "..._after_response_started{reason}")
+        self.late_details = details if late_details is None else late_details
         self.router = router
         self.after_retries: LocalReply | None = None  # retried(): made once, kept here
 
@@ -170,6 +180,7 @@ def _reset(code: int, reason: str, flag: ResponseFlag, detail: str) -> LocalRepl
         flag,
         f"upstream_reset_before_response_started{{{detail}}}",
         router=True,
+        late_details=f"upstream_reset_after_response_started{{{detail}}}",
     )
 
 
@@ -213,7 +224,14 @@ def retried(reply: LocalReply) -> LocalReply:
     out = reply.after_retries
     if out is None:
         body = reply.body.replace(b"reset reason: ", b"retried and the latest reset reason: ", 1)
-        out = LocalReply(reply.code, body, reply.flag, reply.details, router=reply.router)
+        out = LocalReply(
+            reply.code,
+            body,
+            reply.flag,
+            reply.details,
+            router=reply.router,
+            late_details=reply.late_details,
+        )
         reply.after_retries = out
     return out
 

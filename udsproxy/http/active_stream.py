@@ -257,6 +257,7 @@ class ActiveStream(FilterCallbacks):
         self._drop_upstream()
         if self.response_started:
             self.response_flags |= ResponseFlag.DPE
+            self.response_code_details = reply.late_details
             self.conn.abort()
             self.finish(True)
         else:
@@ -619,6 +620,7 @@ class ActiveStream(FilterCallbacks):
         self._drop_upstream()
         if self.response_started:
             self.response_flags |= reply.flag
+            self.response_code_details = reply.late_details  # as Envoy's sendLocalReply sets it
             self.conn.abort()
             self.finish(True)
         else:

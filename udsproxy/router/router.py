@@ -207,6 +207,7 @@ class Router:
             outlier.put_reset()
         if s.response_started:
             s.response_flags |= reply.flag
+            s.response_code_details = reply.late_details
             s.conn.abort()
             s.finish(True)
             return
