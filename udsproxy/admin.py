@@ -27,6 +27,7 @@ from udsproxy.applog import reopen_logs
 from udsproxy.config.schema import Pipe
 from udsproxy.envoy_flags import self_node
 from udsproxy.server import pipe_gauges
+from udsproxy.stats import Snapshot
 from udsproxy.stats.peers import PeerGroup, to_snapshot
 from udsproxy.stats.render import render_json, render_prometheus, render_text
 from udsproxy.streaminfo import Peer, StreamInfo
@@ -278,7 +279,7 @@ async def _stats(admin: AdminServer, q: dict[str, str]) -> tuple[int, str, bytes
     used = "usedonly" in q
     flt = q.get("filter") or None
     if fmt == "prometheus":
-        return 200, "text/plain; version=0.0.4; charset=utf-8", render_prometheus(snap)
+        return _prometheus_answer(snap, flt, used)
     if fmt == "json":
         return 200, "application/json", render_json(snap, flt, used).encode()
     if fmt:
@@ -286,10 +287,17 @@ async def _stats(admin: AdminServer, q: dict[str, str]) -> tuple[int, str, bytes
     return _text(render_text(snap, flt, used))
 
 
-@_endpoint("/stats/prometheus", "the stats in Prometheus text format")
+@_endpoint("/stats/prometheus", "the stats in Prometheus text format: ?filter=<regex> ?usedonly")
 async def _prometheus(admin: AdminServer, q: dict[str, str]) -> tuple[int, str, bytes]:
     snap = await _snapshot(admin)
-    return 200, "text/plain; version=0.0.4; charset=utf-8", render_prometheus(snap)
+    return _prometheus_answer(snap, q.get("filter") or None, "usedonly" in q)
+
+
+def _prometheus_answer(snap: Snapshot, flt: str | None, used: bool) -> tuple[int, str, bytes]:
+    """As Envoy: the filter is a regex searched in the stat's own (dotted) name, not in the
+    Prometheus name; usedonly drops zero counters and gauges and histograms without samples."""
+    body = render_prometheus(snap, filter=flt, used_only=used)
+    return 200, "text/plain; version=0.0.4; charset=utf-8", body
 
 
 @_endpoint("/clusters", "upstream clusters and hosts with their stats (?format=json)")

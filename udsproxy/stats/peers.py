@@ -49,6 +49,9 @@ def _socket_name(group: int, index: int) -> str:
     return f"\0udsproxy-{group}-stats-{index}"
 
 
+_NOT_SUMMED = (".version", ".warming_state")
+
+
 def merge(parts: list[Raw]) -> Raw:
     counters: dict[str, int] = {}
     gauges: dict[str, int] = {}
@@ -57,8 +60,12 @@ def merge(parts: list[Raw]) -> Raw:
         for k, v in c.items():
             counters[k] = counters.get(k, 0) + v
         for k, v in g.items():
-            # per-process gauges (memory, uptime) add up too; uptime is the same everywhere
-            gauges[k] = gauges.get(k, 0) + v if k != "server.uptime" else max(gauges.get(k, 0), v)
+            # per-process gauges (memory, uptime) add up too; uptime, a version's hash and a
+            # cluster's warming_state are the same in every worker, not a sum
+            if k == "server.uptime" or k.endswith(_NOT_SUMMED):
+                gauges[k] = max(gauges.get(k, 0), v)
+            else:
+                gauges[k] = gauges.get(k, 0) + v
         for k, vals in h.items():
             acc = hists.get(k)
             hists[k] = (

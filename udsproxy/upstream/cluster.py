@@ -341,10 +341,15 @@ class Cluster:
         """Wait, at most ``timeout`` seconds, for the first answer for every name (whether it
         came); then, with health checks, for every host's first check (Envoy warms a cluster
         until then), which its own timeout bounds."""
-        answered = self.resolver is None or await self.resolver.wait_initial(timeout)
-        checker = self.checker
-        if checker is not None:
-            await checker.warm(checker.warm_timeout)
+        stats = self.stats
+        stats.warming_state = 1  # Envoy's gauge: 1 from the cluster's addition to its warm end
+        try:
+            answered = self.resolver is None or await self.resolver.wait_initial(timeout)
+            checker = self.checker
+            if checker is not None:
+                await checker.warm(checker.warm_timeout)
+        finally:
+            stats.warming_state = 0
         return answered
 
     def _on_resolved(self, i: int, addresses: tuple[str, ...]) -> bool:

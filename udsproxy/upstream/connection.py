@@ -13,6 +13,7 @@ sets and clears its own bit, so a resume for one reason never undoes a pause for
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Protocol, cast
 
 from udsproxy.codec.response import ResponseDecoder
@@ -81,6 +82,7 @@ class UpstreamConnection(asyncio.Protocol):
         "held",
         "host",
         "idle_since",
+        "opened",
         "request",
         "requests",
         "splicer",
@@ -102,6 +104,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.blocked = 0
         self.splicer: Splicer | None = None
         self.held: list[bytes] | None = None  # a request head waiting for the iteration's end
+        # when the connect started (created just before it), then when it was made: the
+        # upstream_cx_connect_ms and upstream_cx_length_ms histograms, once per connection
+        self.opened = time.monotonic()
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -114,6 +119,9 @@ class UpstreamConnection(asyncio.Protocol):
         cs.upstream_cx_total += 1
         cs.upstream_cx_http1_total += 1
         cs.upstream_cx_active += 1
+        now = time.monotonic()
+        cs.cx_connect_ms.record((now - self.opened) * 1000.0)
+        self.opened = now
         limit = host.cluster.buffer_limit
         transport.set_write_buffer_limits(high=limit, low=limit // 2)
 
@@ -136,6 +144,7 @@ class UpstreamConnection(asyncio.Protocol):
         cs = self.stats
         cs.upstream_cx_active -= 1
         cs.upstream_cx_destroy += 1
+        cs.cx_length_ms.record((time.monotonic() - self.opened) * 1000.0)
         if self.closed:
             cs.upstream_cx_destroy_local += 1
         else:
