@@ -34,6 +34,7 @@ from udsproxy.config.isolated import load_isolated
 from udsproxy.config.load import ConfigSource
 from udsproxy.dns import DNS_WARM_TIMEOUT
 from udsproxy.errors import ConfigError
+from udsproxy.http.admission import GlobalConnections, share
 from udsproxy.http.conn_manager import ListenerContext
 from udsproxy.http.downstream import DownstreamConnection
 from udsproxy.runtime import Runtime
@@ -218,6 +219,11 @@ class Server:
         self.announce = announce
         self.sinks = SinkRegistry()
         self.runtime = Runtime(bootstrap.layered_runtime)
+        # overload_manager's global connection limit, this worker's share (None: no limit)
+        limit = bootstrap.max_active_downstream_connections
+        self.global_connections = (
+            GlobalConnections(share(limit, concurrency)) if limit is not None else None
+        )
         self._runtime_timer: asyncio.TimerHandle | None = None
         self.clusters: dict[str, Cluster] = {}
         self.slots: dict[str, _ListenerSlot] = {}
@@ -331,6 +337,9 @@ class Server:
             self._runtime_timer = self.loop.call_later(_RUNTIME_POLL_S, self._watch_runtime)
 
     def _record_versions(self, bootstrap: schema.Bootstrap) -> None:
+        limit = bootstrap.max_active_downstream_connections
+        if self.global_connections is not None and limit is not None:
+            self.global_connections.limit = share(limit, self.concurrency)
         if bootstrap.layered_runtime != self.runtime.layers:
             self.runtime.set_layers(bootstrap.layered_runtime)
             if self._runtime_timer is None:
@@ -344,6 +353,10 @@ class Server:
 
     async def _apply(self, new: schema.Bootstrap) -> None:
         """Build every new piece first (binding new sockets may fail), then swap."""
+        if (new.max_active_downstream_connections is None) != (self.global_connections is None):
+            # the listeners that stay would not count (or keep counting) their connections
+            what = "global_downstream_max_connections cannot be added or removed by a reload"
+            raise ConfigError([("overload_manager", what + "; restart udsproxy")])
         old_clusters = self.clusters
         clusters: dict[str, Cluster] = {}
         for cconf in new.clusters:
@@ -454,6 +467,7 @@ class Server:
             batched=True,
             runtime=self.runtime,
             workers=self.concurrency,
+            global_connections=self.global_connections,
         )
         return ctx
 

@@ -73,7 +73,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("upstream: the connection (codec client)", ("udsproxy.upstream.connection",)),
     ("upstream: the cluster, its hosts and load balancer", ("udsproxy.upstream",)),
     ("http filters (see a stream through FilterCallbacks)", ("udsproxy.filters",)),
-    ("the connection manager's compiled config and observers", ("udsproxy.http.conn_manager",)),
+    (
+        "the connection manager's compiled config and observers",
+        ("udsproxy.http.conn_manager", "udsproxy.http.admission"),
+    ),
     ("the active stream (Envoy's ActiveStream)", ("udsproxy.http.active_stream",)),
     ("the router: one upstream request per try", ("udsproxy.router",)),
     ("the downstream connection (codec server)", ("udsproxy.http",)),

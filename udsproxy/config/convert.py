@@ -29,6 +29,7 @@ from udsproxy.config.schema import (
     Admin,
     Bootstrap,
     Cluster,
+    ConnectionLimit,
     DataSource,
     DownstreamTls,
     DynamicResources,
@@ -65,6 +66,10 @@ ROUTER_NAME = "envoy.filters.http.router"
 FILE_ACCESS_LOG = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
 UPSTREAM_HTTP = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 DOWNSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+CONNECTION_LIMIT = "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit"
+DOWNSTREAM_CONNECTIONS = (
+    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
+)
 TLS_INSPECTOR = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
 TLS_INSPECTOR_NAME = "envoy.filters.listener.tls_inspector"
 UPSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
@@ -89,6 +94,7 @@ class _Converter:
         self.errors: list[tuple[str, str]] = []
         self.warnings: list[str] = []
         self.route_clusters: list[tuple[str, str]] = []  # (path, cluster name) to cross-check
+        self.connection_limits: list[ConnectionLimit | None] = []  # the listener's chains'
 
     def error(self, path: str, message: str) -> None:
         self.errors.append((path, message))
@@ -115,10 +121,15 @@ class _Converter:
 
     def bootstrap(self, root: Node) -> Bootstrap:
         # node is identity only: harmless
-        self.only(
-            root, "", ("static_resources", "dynamic_resources", "node", "admin", "layered_runtime")
-        )
+        fields = (
+            "static_resources", "dynamic_resources", "node", "admin", "layered_runtime",
+            "overload_manager",
+        )  # fmt: skip
+        self.only(root, "", fields)
         admin = self.admin(root.get("admin"), "admin")
+        max_connections = self.overload_manager(
+            root.get("overload_manager", {}), "overload_manager"
+        )
         runtime = self.layered_runtime(root.get("layered_runtime", {}), "layered_runtime")
         static = root.get("static_resources", {})
         self.only(static, "static_resources", ("listeners", "clusters"))
@@ -147,6 +158,7 @@ class _Converter:
             self.check_route_clusters(cluster_names)
         return Bootstrap(
             layered_runtime=runtime,
+            max_active_downstream_connections=max_connections,
             listeners=tuple(x for x in listeners if x is not None),
             clusters=tuple(clusters),
             dynamic_resources=dynamic,
@@ -341,10 +353,18 @@ class _Converter:
         else:
             address = self.address(node["address"], join(path, "address"), listener=True)
         self.listener_filters(node.get("listener_filters", []), join(path, "listener_filters"))
+        self.connection_limits = []
         hcm, tls = self.filter_chains(node.get("filter_chains", []), join(path, "filter_chains"))
+        limits = self.connection_limits
+        if limits and len(node.get("filter_chains", [])) > 1:
+            # Envoy counts per filter chain; udsproxy's chains share one connection manager
+            what = "a connection_limit filter with more than one filter chain"
+            self.refuse(join(path, "filter_chains"), what)
         if address is None or hcm is None:
             return None
         kw: dict[str, Any] = _pick(node, "per_connection_buffer_limit_bytes")
+        if limits and limits[0] is not None:
+            kw["connection_limit"] = limits[0]
         # Envoy names unnamed listeners with a UUID; the address is as unique and more readable.
         name = node.get("name") or str(address)
         return Listener(name=name, address=address, http_connection_manager=hcm, tls=tls, **kw)
@@ -440,12 +460,19 @@ class _Converter:
         return tuple(server_names)
 
     def chain_filters(self, filters: list[Node], path: str) -> HttpConnectionManager | None:
+        # a connection_limit filter may come first (kept in self.connection_limits)
+        first = filters[0].get("typed_config", {}) if filters else {}
+        skip = 0
+        if first.get("@type") == CONNECTION_LIMIT:
+            self.connection_limits.append(self.connection_limit(filters[0], item(path, 0)))
+            filters = filters[1:]
+            skip = 1
         if len(filters) > 1:
-            self.refuse(path, "more than one network filter")
+            self.refuse(item(path, skip + 1), "more than one network filter")
         if not filters:
             self.error(path, "an http_connection_manager filter is required")
             return None
-        filter_path = item(path, 0)
+        filter_path = item(path, skip)
         self.only(filters[0], filter_path, ("name", "typed_config"))
         config = filters[0].get("typed_config", {})
         if config.get("@type") != HCM:
@@ -453,6 +480,53 @@ class _Converter:
             self.refuse(filter_path, f"network filter '{what}'")
             return None
         return self.hcm(config, join(filter_path, "typed_config"))
+
+    def connection_limit(self, node: Node, path: str) -> ConnectionLimit | None:
+        """envoy.filters.network.connection_limit (the HCM follows it)."""
+        self.only(node, path, ("name", "typed_config"))
+        path = join(path, "typed_config")
+        config = node["typed_config"]
+        self.only(config, path, ("stat_prefix", "max_connections", "delay", "runtime_enabled"))
+        if not config.get("max_connections"):
+            # Envoy's schema requires it (>= 1)
+            self.error(join(path, "max_connections"), "is required (at least 1)")
+            return None
+        kw: dict[str, Any] = {}
+        enabled = config.get("runtime_enabled")
+        if enabled is not None:
+            self.only(enabled, join(path, "runtime_enabled"), ("default_value", "runtime_key"))
+            kw["runtime_key"] = enabled.get("runtime_key") or None
+            kw["runtime_default"] = bool(enabled.get("default_value", True))
+        return ConnectionLimit(
+            stat_prefix=config.get("stat_prefix", ""),
+            max_connections=int(config["max_connections"]),
+            delay=float(config.get("delay") or 0.0),
+            **kw,
+        )
+
+    def overload_manager(self, node: Node, path: str) -> int | None:
+        """Only the global_downstream_max_connections resource monitor: the listeners' global
+        connection limit. Actions (and what they act on) are refused by name."""
+        # refresh_interval is inert here: this monitor is checked at each accept, not polled
+        self.only(node, path, ("resource_monitors", "refresh_interval"))
+        limit: int | None = None
+        for i, monitor in enumerate(node.get("resource_monitors", [])):
+            monitor_path = item(join(path, "resource_monitors"), i)
+            config = monitor.get("typed_config", {})
+            if config.get("@type") != DOWNSTREAM_CONNECTIONS:
+                what = config.get("@type") or monitor.get("name", "")
+                self.refuse(monitor_path, f"resource monitor '{what}'")
+                continue
+            self.only(monitor, monitor_path, ("name", "typed_config"))
+            config_path = join(monitor_path, "typed_config")
+            self.only(config, config_path, ("max_active_downstream_connections",))
+            value = int(config.get("max_active_downstream_connections") or 0)
+            if value <= 0:
+                # Envoy refuses the monitor without a positive limit
+                self.error(join(config_path, "max_active_downstream_connections"), "must be > 0")
+                continue
+            limit = value
+        return limit
 
     # --- TLS -------------------------------------------------------------------------------------
 
@@ -658,6 +732,7 @@ class _Converter:
                 "http_filters", "request_timeout", "generate_request_id", "normalize_path",
                 "merge_slashes", "path_with_escaped_slashes_action", "local_reply_config",
                 "request_headers_timeout", "drain_timeout", "http1_safe_max_connection_duration",
+                "delayed_close_timeout",
             ),
         )  # fmt: skip
         self.check_value(node, "codec_type", path, ("AUTO", "HTTP1"))
@@ -672,6 +747,7 @@ class _Converter:
             "request_headers_timeout",
             "drain_timeout",
             "http1_safe_max_connection_duration",
+            "delayed_close_timeout",
             "normalize_path",
             "merge_slashes",
             "path_with_escaped_slashes_action",
@@ -685,13 +761,13 @@ class _Converter:
             options_path,
             (
                 "idle_timeout", "max_headers_count", "headers_with_underscores_action",
-                "max_connection_duration",
+                "max_connection_duration", "max_requests_per_connection",
             ),
         )  # fmt: skip
         kw.update(
             _pick(
                 options, "idle_timeout", "max_headers_count", "headers_with_underscores_action",
-                "max_connection_duration",
+                "max_connection_duration", "max_requests_per_connection",
             )
         )  # fmt: skip
         logs_path = join(path, "access_log")

@@ -14,6 +14,8 @@ from udsproxy.config import convert_shaping
 from udsproxy.config.convert_matchers import Reporter, header_matcher, string_matcher
 from udsproxy.config.filter_schema import (
     BROTLI_COMPRESSOR_TYPE,
+    BUFFER_PER_ROUTE_TYPE,
+    BUFFER_TYPE,
     COMPRESSOR_PER_ROUTE_TYPE,
     COMPRESSOR_TYPE,
     CORS_POLICY_TYPE,
@@ -31,6 +33,8 @@ from udsproxy.config.filter_schema import (
     RBAC_PER_ROUTE_TYPE,
     RBAC_TYPE,
     BrotliConfig,
+    BufferConfig,
+    BufferPerRoute,
     CompressorConfig,
     Cors,
     CorsPolicy,
@@ -65,6 +69,7 @@ SUPPORTED = {
     RBAC_TYPE: "envoy.filters.http.rbac",
     CSRF_TYPE: "envoy.filters.http.csrf",
     LOCAL_RATELIMIT_TYPE: "envoy.filters.http.local_ratelimit",
+    BUFFER_TYPE: "envoy.filters.http.buffer",
 }
 
 
@@ -72,7 +77,8 @@ _NAMES = ", ".join(sorted({*SUPPORTED.values(), "envoy.filters.http.router"}))
 
 
 _PER_ROUTE_NAMES = (
-    "CorsPolicy, HTTPFault, RBACPerRoute, CompressorPerRoute, CsrfPolicy, LocalRateLimit"
+    "CorsPolicy, HTTPFault, RBACPerRoute, CompressorPerRoute, CsrfPolicy, LocalRateLimit,"
+    " BufferPerRoute"
 )
 
 
@@ -93,6 +99,8 @@ def parse_http_filter(conv: Reporter, kind: str | None, config: Node, path: str)
         return parse_csrf(conv, config, path)
     if kind == LOCAL_RATELIMIT_TYPE:
         return parse_local_ratelimit(conv, config, path)
+    if kind == BUFFER_TYPE:
+        return parse_buffer(conv, config, path)
     return None
 
 
@@ -119,6 +127,8 @@ def parse_per_route(conv: Reporter, entries: Mapping[str, Node], path: str) -> t
             parsed = parse_csrf(conv, node, entry_path)
         elif kind == LOCAL_RATELIMIT_TYPE:
             parsed = parse_local_ratelimit(conv, node, entry_path, per_route=True)
+        elif kind == BUFFER_PER_ROUTE_TYPE:
+            parsed = parse_buffer_per_route(conv, node, entry_path)
         else:
             conv.refuse(entry_path, f"per-route config '{kind or ''}'", f"only {_PER_ROUTE_NAMES}")
             continue
@@ -550,6 +560,23 @@ def _predicate(conv: Reporter, node: Node, path: str) -> Rule | None:
         **{k: getattr(string, k) for k in (*_STRING_KINDS, "ignore_case")},
     )
     return Rule(kind="header", header=header)
+
+
+def parse_buffer(conv: Reporter, node: Node, path: str) -> BufferConfig:
+    conv.only(node, path, ("max_request_bytes",))
+    size = node.get("max_request_bytes")
+    if not size:
+        conv.error(f"{path}.max_request_bytes", "is required (at least 1)")
+    return BufferConfig(max_request_bytes=int(size or 1))
+
+
+def parse_buffer_per_route(conv: Reporter, node: Node, path: str) -> BufferPerRoute:
+    conv.only(node, path, ("disabled", "buffer"))
+    if "buffer" in node:
+        return BufferPerRoute(buffer=parse_buffer(conv, node["buffer"], f"{path}.buffer"))
+    if not node.get("disabled"):
+        conv.error(path, "one of disabled (true) or buffer is required")
+    return BufferPerRoute(disabled=True)
 
 
 def parse_csrf(conv: Reporter, node: Node, path: str) -> CsrfPolicy:

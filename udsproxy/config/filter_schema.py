@@ -26,6 +26,8 @@ RBAC_ACTION_TYPE = "envoy.config.rbac.v3.Action"
 HEADER_INPUT_TYPE = "envoy.type.matcher.v3.HttpRequestHeaderMatchInput"
 CSRF_TYPE = "envoy.extensions.filters.http.csrf.v3.CsrfPolicy"
 LOCAL_RATELIMIT_TYPE = "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+BUFFER_TYPE = "envoy.extensions.filters.http.buffer.v3.Buffer"
+BUFFER_PER_ROUTE_TYPE = "envoy.extensions.filters.http.buffer.v3.BufferPerRoute"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -226,3 +228,18 @@ class LocalRateLimit:
     filter_enforced: Fraction | None = None  # None: 0%, no request is refused
     status: int = 429
     response_headers_to_add: tuple[HeaderValueOption, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BufferConfig:
+    """envoy.filters.http.buffer: the whole request body is held before the router goes on."""
+
+    max_request_bytes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BufferPerRoute:
+    """BufferPerRoute: ``disabled``, or another ``buffer`` for the route."""
+
+    disabled: bool = False
+    buffer: BufferConfig | None = None

@@ -20,6 +20,7 @@ __all__ = [
     "Bootstrap",
     "CircuitBreakerThresholds",
     "Cluster",
+    "ConnectionLimit",
     "DataSource",
     "DirectResponse",
     "DownstreamTls",
@@ -333,7 +334,14 @@ class HttpConnectionManager:
     stream_idle_timeout: float = 300.0
     local_reply_config: LocalReplyConfig | None = None
     request_timeout: float = 0.0  # the whole request received within it; 0 disables
-    request_headers_timeout: float = 0.0  # the head, from its first byte; 0 disables
+    # the head, from its first byte; 0 disables. udsproxy's default is 10 s where Envoy has
+    # none (README, Deviations): a half-sent head must not hold a connection for an hour
+    request_headers_timeout: float = 10.0
+    # common_http_protocol_options.max_requests_per_connection: the Nth response carries
+    # `connection: close` (0: unlimited)
+    max_requests_per_connection: int = 0
+    # after a local close, unread request bytes are read and dropped for this long (0: none)
+    delayed_close_timeout: float = 1.0
     # common_http_protocol_options.max_connection_duration (0: none), then a drain of
     # drain_timeout (HTTP/1: `connection: close` on the next response; closed when idle)
     max_connection_duration: float = 0.0
@@ -383,12 +391,25 @@ class DownstreamTls:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionLimit:
+    """envoy.filters.network.connection_limit before the connection manager."""
+
+    stat_prefix: str
+    max_connections: int
+    delay: float = 0.0  # seconds a rejected connection stays open (read paused) before closing
+    # runtime_enabled (a RuntimeFeatureFlag): off when the key says so
+    runtime_key: str | None = None
+    runtime_default: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Listener:
     name: str
     address: Address
     http_connection_manager: HttpConnectionManager
     per_connection_buffer_limit_bytes: int = DEFAULT_BUFFER_LIMIT
     tls: DownstreamTls | None = None
+    connection_limit: ConnectionLimit | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -560,6 +581,8 @@ class Bootstrap:
     dynamic_resources: DynamicResources | None = None
     admin: Admin | None = None
     layered_runtime: tuple[RuntimeLayer, ...] = ()
+    # overload_manager's envoy.resource_monitors.global_downstream_max_connections (None: none)
+    max_active_downstream_connections: int | None = None
     # version_info of the CDS/LDS files merged into listeners/clusters ("" when none)
     cds_version: str = ""
     lds_version: str = ""

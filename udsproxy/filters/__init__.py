@@ -10,7 +10,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from udsproxy.config import filter_schema as fs
-from udsproxy.filters import compressor, cors, csrf, decompressor, fault, local_ratelimit, rbac
+from udsproxy.filters import (
+    buffer,
+    compressor,
+    cors,
+    csrf,
+    decompressor,
+    fault,
+    local_ratelimit,
+    rbac,
+)
 from udsproxy.filters.base import DEFAULT_RUNTIME, FilterChain, HttpFilter, Runtime
 
 if TYPE_CHECKING:
@@ -61,6 +70,8 @@ def build_chain(
         elif isinstance(config, fs.CsrfPolicy):
             stats = store.filter_stats(root + "csrf.")
             built.append(csrf.CsrfFilter(f.name, config, runtime, stats))
+        elif isinstance(config, fs.BufferConfig):
+            built.append(buffer.BufferFilter(f.name, config, store.http_for(stat_prefix)))
         elif isinstance(config, fs.LocalRateLimit):
             # stats at the root, <stat_prefix>.http_local_rate_limit.*, as in Envoy
             built.append(

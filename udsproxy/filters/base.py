@@ -37,6 +37,7 @@ __all__ = [
     "FilterChain",
     "FilterState",
     "Hold",
+    "HoldBody",
     "HttpFilter",
     "LocalAnswer",
     "Runtime",
@@ -109,7 +110,17 @@ class Hold:
         self.seconds = seconds
 
 
-Outcome = LocalAnswer | Hold | None
+class HoldBody:
+    """Hold the request until its body is complete (the buffer filter), at most ``limit``
+    bytes of it; the filter's ``body_too_large`` answers a larger one."""
+
+    __slots__ = ("limit",)
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+
+Outcome = LocalAnswer | Hold | HoldBody | None
 
 
 class Encoder(Protocol):
@@ -149,14 +160,22 @@ class HttpFilter:
     def release(self, state: FilterState) -> None:
         """The request is over (give back what it held, e.g. an active-fault slot)."""
 
+    def body_too_large(self, s: FilterCallbacks, state: FilterState) -> Outcome:
+        """After a ``HoldBody``, the body outgrew its limit."""
+        return None
+
 
 class FilterState:
     """One request's view of the chain: its encoders, what it holds, its timer. Made by
     ``state_of`` when a filter first acts: a request no filter acts on allocates none."""
 
-    __slots__ = ("encoders", "index", "pending", "releases", "route", "timer")
+    __slots__ = (
+        "body_limit", "chain", "encoders", "index", "pending", "releases", "route", "timer",
+    )  # fmt: skip
 
     def __init__(self) -> None:
+        self.body_limit = 0  # a HoldBody's limit while the body is awaited
+        self.chain: FilterChain | None = None  # set by a HoldBody, to go on from there
         self.route: CompiledRoute | None = None  # set when a filter holds the request
         self.index = 0
         self.encoders: list[Encoder] = []
@@ -181,6 +200,19 @@ class FilterState:
                     headers = list(extra)
                 encoder.encode_headers(s, code, headers, -1)
         return extra if headers is None else headers
+
+    def on_body(self, s: FilterCallbacks) -> None:
+        """Request body arrived while no upstream takes it: held, within a HoldBody's limit."""
+        limit = self.body_limit
+        if limit and s.body_size > limit and self.chain is not None and not s.done:
+            self.body_limit = 0
+            self.chain.body_too_large(s, self)
+
+    def body_complete(self, s: FilterCallbacks) -> None:
+        """The request is complete: a HoldBody lets it go on."""
+        if self.body_limit and self.chain is not None:
+            self.body_limit = 0
+            self.chain.wake(s, self)
 
     def close(self) -> None:
         if self.timer is not None:
@@ -236,18 +268,33 @@ class FilterChain:
         return False
 
     def _act(
-        self, s: FilterCallbacks, route: CompiledRoute | None, i: int, out: LocalAnswer | Hold
+        self,
+        s: FilterCallbacks,
+        route: CompiledRoute | None,
+        i: int,
+        out: LocalAnswer | Hold | HoldBody,
     ) -> bool:
         if isinstance(out, LocalAnswer):
             s.send_local_reply(out.reply, out.headers)
+            return True
+        state = state_of(s)
+        state.route = route
+        state.index = i
+        if isinstance(out, HoldBody):
+            state.body_limit = out.limit
+            state.chain = self
+            s.hold_body()
         else:
-            state = state_of(s)
-            state.route = route
-            state.index = i
-            state.timer = s.loop.call_later(out.seconds, self._wake, s, state)
+            state.timer = s.loop.call_later(out.seconds, self.wake, s, state)
         return True
 
-    def _wake(self, s: FilterCallbacks, state: FilterState) -> None:
+    def body_too_large(self, s: FilterCallbacks, state: FilterState) -> None:
+        out = self.filters[state.index].body_too_large(s, state)
+        if out is not None:
+            self._act(s, state.route, state.index, out)
+
+    def wake(self, s: FilterCallbacks, state: FilterState) -> None:
+        """A held request goes on: the holding filter's ``resume``, then the next filters."""
         state.timer = None
         if s.done:
             return

@@ -35,6 +35,8 @@ class BodyCoder(Protocol):
 class FilterStateLike(Protocol):
     """One request's filter state (``filters.base.FilterState``), as the stream calls it."""
 
+    body_limit: int  # a buffer filter's limit while it waits for the whole body (else 0)
+
     def encode_headers(
         self, s: FilterCallbacks, code: int, headers: Headers, length: int
     ) -> int: ...
@@ -42,6 +44,10 @@ class FilterStateLike(Protocol):
     def local_reply_headers(
         self, s: FilterCallbacks, code: int, extra: Sequence[tuple[bytes, bytes]]
     ) -> Sequence[tuple[bytes, bytes]]: ...
+
+    def on_body(self, s: FilterCallbacks) -> None: ...
+
+    def body_complete(self, s: FilterCallbacks) -> None: ...
 
     def close(self) -> None: ...
 
@@ -52,9 +58,12 @@ class FilterCallbacks(StreamInfo):
     on). The data path's stream implements it."""
 
     # slots the filters set; the stream's __init__ fills them
-    __slots__ = ("body", "body_size", "done", "filter_state", "req_coder", "resp_coder")
+    __slots__ = (
+        "body", "body_size", "done", "filter_state", "req_coder", "request_complete", "resp_coder",
+    )  # fmt: skip
 
     done: bool
+    request_complete: bool
     filter_state: FilterStateLike | None
     req_coder: BodyCoder | None
     resp_coder: BodyCoder | None
@@ -83,4 +92,9 @@ class FilterCallbacks(StreamInfo):
         raise NotImplementedError
 
     def resume(self, route: CompiledRoute | None) -> None:
+        raise NotImplementedError
+
+    def hold_body(self) -> None:
+        """The request waits for its whole body (buffer filter): a client that expects
+        100-continue gets it now, and the held body may outgrow the buffer limit."""
         raise NotImplementedError

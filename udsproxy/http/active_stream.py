@@ -99,6 +99,7 @@ class RouterLike(Protocol):
 
 
 _LAST_CHUNK_LEN = len(LAST_CHUNK)
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CONNECTION_CLOSE = b"connection: close\r\n"
 _KEEP_ALIVE = b"connection: keep-alive\r\n"
 _CHUNKED = b"transfer-encoding: chunked\r\n"
@@ -129,7 +130,6 @@ class ActiveStream(FilterCallbacks):
         "deadline",
         "error",
         "head",
-        "request_complete",
         "response_has_no_body",
         "response_started",
         "retain_body",
@@ -198,12 +198,17 @@ class ActiveStream(FilterCallbacks):
             if conn.body_buffered > self.ctx.buffer_limit:
                 if up is None or up.conn is None:
                     # Not sent yet (connecting, or queued behind a pipelined request): hold
-                    # the body, but read no more until it has gone upstream.
-                    conn.block_reading(BLOCK_BODY_BUFFER, True)
+                    # the body, but read no more until it has gone upstream. A buffer filter
+                    # waiting for the whole body bounds it itself (its max_request_bytes).
+                    state = self.filter_state
+                    if state is None or not state.body_limit:
+                        conn.block_reading(BLOCK_BODY_BUFFER, True)
                 else:
                     self._abandon_body()  # too big to replay: no retry for this one
         if up is not None:
             up.send_data(data, self.req_chunked)
+        elif self.filter_state is not None:
+            self.filter_state.on_body(self)  # held by a buffer filter: within its limit?
 
     def pump_request(self, data: bytes = b"") -> None:
         """The request body through its decompressor, a bounded piece at a time while the
@@ -251,6 +256,8 @@ class ActiveStream(FilterCallbacks):
             self.arm_route_timeout()
             if route.mirror_policies is not None:
                 self.router.shadow(self, route)  # the request is whole: its mirrors go out
+        elif self.filter_state is not None and not self.done:
+            self.filter_state.body_complete(self)  # a buffer filter lets the router go on
 
     def on_request_error(self, reply: http1.LocalReply) -> None:
         """The active request turned out malformed mid-body."""
@@ -291,6 +298,11 @@ class ActiveStream(FilterCallbacks):
     def resume(self, route: CompiledRoute | None) -> None:
         """The router's part, when a filter that held the request lets it go (fault delay)."""
         self.start(route)
+
+    def hold_body(self) -> None:
+        if self.expect_continue and not self.http10:
+            self.expect_continue = False  # sent now: the router must not send it again
+            self.conn.write(_CONTINUE)
 
     def _before_routing(self, ctx: ListenerContext) -> CompiledRoute | _Unset | None:
         """The connection manager's path normalization, the route match and the http

@@ -16,6 +16,7 @@ from udsproxy.config.datasource import read as read_data_source
 from udsproxy.filters import build_chain
 from udsproxy.filters.base import RuntimeOf
 from udsproxy.flags import ResponseFlag
+from udsproxy.http.admission import Admission, GlobalConnections
 from udsproxy.localreply import LocalReplyRewriter
 from udsproxy.pathnorm import PathNormalizer
 from udsproxy.router.routes import RouteTable
@@ -67,6 +68,7 @@ class ListenerContext:
         batched: bool = False,
         runtime: Runtime | None = None,
         workers: int = 1,
+        global_connections: GlobalConnections | None = None,
     ) -> None:
         hcm = listener.http_connection_manager
         self.runtime = runtime  # the server's layered runtime (filters read their keys)
@@ -94,6 +96,8 @@ class ListenerContext:
         )
         self.request_timeout = hcm.request_timeout
         self.request_headers_timeout = hcm.request_headers_timeout  # 0: off
+        self.max_requests_per_connection = hcm.max_requests_per_connection  # 0: no limit
+        self.delayed_close_timeout = hcm.delayed_close_timeout  # 0: close without lingering
         # max_connection_duration (0: none), then drain_timeout; 0 drain: the next response
         # closes and nothing closes an idle connection (http1_safe_max_connection_duration)
         self.max_connection_duration = hcm.max_connection_duration
@@ -129,6 +133,15 @@ class ListenerContext:
         # one attribute for the data path to test: anything to do before the router?
         self.before_routing = self.path_normalizer is not None or self.filters is not None
         self.listener_stats = store.listener_for(str(listener.address), hcm.stat_prefix)
+        # connection limits (connection_limit filter, overload manager): None when neither
+        # applies, then accepting a connection tests one attribute
+        glob = global_connections if global_connections and global_connections.limit else None
+        limit = listener.connection_limit
+        self.admission = (
+            Admission(loop, self.listener_stats, glob, limit, store, runtime, workers)
+            if glob is not None or limit is not None
+            else None
+        )
         # per-request counting can be switched off to measure what it costs
         self.request_stats = request_stats
         # observe at the end of the loop iteration (needs call_soon); what the batch saves is the

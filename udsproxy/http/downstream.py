@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["DownstreamConnection"]
 
 
-_LINGER = 1.0  # Envoy's delayed_close_timeout: drain unread request bytes before closing
 # Draining, a connection whose last response went out without `connection: close` (it started
 # before the drain) stays open this long after it: the client may be sending its next request
 # already, and closing under it would fail that request. One that comes is answered with
@@ -55,6 +54,8 @@ class DownstreamConnection(asyncio.Protocol):
         "_head",
         "_head_deadline",
         "_linger",
+        "_opened",
+        "_requests_left",
         "_starting",
         "_timer",
         "_timer_when",
@@ -86,8 +87,14 @@ class DownstreamConnection(asyncio.Protocol):
         self.ctx = ctx
         self.loop = ctx.loop
         self.transport: asyncio.Transport | None = None
+        # request_headers_timeout: streams start at a head's first byte, so that a head still
+        # incomplete after a read has its stream to time and answer
         self.codec = ctx.decoder_class(
-            self, ctx.max_header_bytes, ctx.max_headers_count, ctx.http_stats
+            self,
+            ctx.max_header_bytes,
+            ctx.max_headers_count,
+            ctx.http_stats,
+            bool(ctx.request_headers_timeout),
         )
         self.active: Stream | None = None  # being proxied
         self.queue: collections.deque[Stream] = collections.deque()
@@ -105,6 +112,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.local = ctx.local_peer
         self.blocked = 0
         self._closed_here = False
+        self._opened = 0.0  # when connection_made ran: downstream_cx_length_ms
         self.body_buffered = 0  # request body bytes held by this connection's streams
         self._linger: asyncio.TimerHandle | None = None
         self._starting = False
@@ -114,8 +122,8 @@ class DownstreamConnection(asyncio.Protocol):
         # request_headers_timeout: the incomplete head being timed, and when it runs out
         self._head: Stream | None = None
         self._head_deadline = 0.0
-        if ctx.request_headers_timeout:
-            self.codec.streams_from_first_byte()
+        # max_requests_per_connection: requests this connection may still begin (0: no limit)
+        self._requests_left = ctx.max_requests_per_connection
         # max_connection_duration: when it is reached, then (drain_close) when the drain ends
         self._expires_at = 0.0
         self.drain_close = False  # every response from now on carries `connection: close`
@@ -125,6 +133,8 @@ class DownstreamConnection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it
         self.transport = transport = cast(asyncio.Transport, transport)
         ctx = self.ctx
+        if ctx.admission is not None and not ctx.admission.admit(transport):
+            return  # over a connection limit: closed, counted; conn_id 0 tells connection_lost
         self.conn_id = ctx.next_connection_id()
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
@@ -136,7 +146,7 @@ class DownstreamConnection(asyncio.Protocol):
             # (uvloop already sets TCP_NODELAY on TCP transports)
         limit = ctx.buffer_limit
         transport.set_write_buffer_limits(high=limit, low=limit // 2)
-        self.last_io = self.loop.time()
+        self._opened = self.last_io = self.loop.time()
         ctx.connections.add(self)
         if ctx.max_connection_duration:
             self._expires_at = self.last_io + ctx.max_connection_duration
@@ -268,6 +278,10 @@ class DownstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         ctx = self.ctx
+        if ctx.admission is not None:
+            if not self.conn_id:
+                return  # turned away by admit(): nothing else counted it
+            ctx.admission.release()
         ctx.connections.discard(self)
         hs, ls = ctx.http_stats, ctx.listener_stats
         hs.downstream_cx_destroy += 1
@@ -275,6 +289,10 @@ class DownstreamConnection(asyncio.Protocol):
         hs.downstream_cx_http1_active -= 1
         ls.downstream_cx_destroy += 1
         ls.downstream_cx_active -= 1
+        if self.transport is not None:  # once per connection, never per request
+            ms = (self.loop.time() - self._opened) * 1000.0
+            hs.cx_length_ms.record(ms)
+            ls.cx_length_ms.record(ms)
         if self._linger is not None or self.transport is None or self._closed_here:
             hs.downstream_cx_destroy_local += 1
         else:
@@ -315,8 +333,15 @@ class DownstreamConnection(asyncio.Protocol):
         ctx = self.ctx
         ctx.http_stats.downstream_rq_active += 1
         s = Stream(ctx, self, ROUTER)
+        if self._requests_left:
+            self._requests_left -= 1
+            if not self._requests_left:
+                # max_requests_per_connection: counted when a request begins, as Envoy's
+                # newStream; this response and any pipelined after it close the connection
+                ctx.http_stats.downstream_cx_max_requests_reached += 1
+                self.drain_close = True
         if self.drain_close:
-            s.close_after = True  # max_connection_duration reached: its response closes
+            s.close_after = True  # max_connection_duration or max_requests_per_connection
         if ctx.request_timeout and self.active is None and not self.queue:
             # the whole request, from its first byte; the route timeout replaces it at the end.
             # A request pipelined behind another starts its clock when that one is done
@@ -481,8 +506,8 @@ class DownstreamConnection(asyncio.Protocol):
         """Close after everything written so far has been sent.
 
         With ``linger``, like Envoy's delayed close: send FIN, then read and discard for up to
-        a second, so unread request bytes do not make the kernel reset the response the client
-        is reading.
+        delayed_close_timeout (1 s by default; 0 closes at once), so unread request bytes do not
+        make the kernel reset the response the client is reading.
         """
         transport = self.transport
         if transport is None or transport.is_closing() or self._linger is not None:
@@ -493,13 +518,20 @@ class DownstreamConnection(asyncio.Protocol):
             self.ctx.http_stats.downstream_cx_drain_close += 1
         if self.out:
             self.uncork()
-        if self.closed or not linger or not transport.can_write_eof():
+        delay = self.ctx.delayed_close_timeout
+        if self.closed or not linger or not delay or not transport.can_write_eof():
             transport.close()
             return
         transport.write_eof()
-        self._linger = self.loop.call_later(_LINGER, transport.close)
+        self._linger = self.loop.call_later(delay, self._delayed_close_timeout)
         self.blocked = BLOCK_DONE  # discard whatever still arrives
         transport.resume_reading()
+
+    def _delayed_close_timeout(self) -> None:
+        # the client did not close within delayed_close_timeout
+        self.ctx.http_stats.downstream_cx_delayed_close_timeout += 1
+        if self.transport is not None:
+            self.transport.close()
 
     def close_when_quiet(self) -> None:
         """Draining: close an idle connection once the client has been quiet for

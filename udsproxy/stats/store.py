@@ -193,6 +193,7 @@ class ListenerStats:
     downstream_cx_destroy: int
     # udsproxy's own: accept() refused for want of a descriptor (EMFILE/ENFILE); see server.py
     downstream_cx_fd_exhausted: int
+    downstream_global_cx_overflow: int  # closed over the overload manager's global limit
     downstream_cx_active: int  # gauge
     GAUGES = ("downstream_cx_active",)
     COUNTERS = _counters(__annotations__, GAUGES)

@@ -134,7 +134,7 @@ def test_not_a_bootstrap(text: str, error: tuple[str, str]) -> None:
 
 def test_schema_errors_and_refusals_come_together() -> None:
     text = """\
-overload_manager: {}
+overload_manager: {actions: [{name: envoy.overload_actions.stop_accepting_requests}]}
 static_resources:
   clusters:
   - name: c
@@ -147,7 +147,7 @@ static_resources:
             "static_resources.clusters[0].conect_timeout",
             "unknown field 'conect_timeout' (did you mean 'connect_timeout'?)",
         ),
-        ("overload_manager", "not supported by udsproxy"),
+        ("overload_manager.actions", "not supported by udsproxy"),
         ("static_resources.clusters[0].ring_hash_lb_config", "not supported by udsproxy"),
     ]
 
