@@ -147,11 +147,12 @@ def test_request_headers_timeout_of_a_head_pipelined_behind_a_slow_request(
     assert counters(p)["http.ingress_http.downstream_rq_header_timeout"] == 1
 
 
-def test_request_headers_timeout_unset_leaves_a_half_head_to_the_idle_timeout(
+def test_request_headers_timeout_zero_leaves_a_half_head_to_the_idle_timeout(
     inproc: Inproc, py_upstream: PyUpstream
 ) -> None:
+    # 0s turns off udsproxy's 10 s default
     idle = {"common_http_protocol_options": {"idle_timeout": "0.5s"}}
-    p = inproc(config(py_upstream, **idle))
+    p = inproc(config(py_upstream, request_headers_timeout="0s", **idle))
     with RawConn(p.address(), 5) as conn:
         conn.send(b"GET /py/x HTTP/1.1\r\nHost: a\r\n")
         assert conn.closed_by_peer(3)  # closed by the idle timeout, no 408

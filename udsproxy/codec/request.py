@@ -261,14 +261,15 @@ class RequestDecoder:
         max_header_bytes: int,
         max_headers_count: int,
         stats: CodecStats,
+        timed_heads: bool = False,
     ) -> None:
         self.callbacks = callbacks
         self.max_header_bytes = max_header_bytes
         self.max_headers_count = max_headers_count
         self.stats = stats
-        # llhttp's on_message_begin: none unless streams_from_first_byte() (httptools looks for
-        # it once, when a parser is made; a None one costs nothing)
-        self.on_message_begin: Callable[[], None] | None = None
+        # llhttp's on_message_begin: none unless heads are timed (_begin; httptools looks for
+        # it once, when a parser is made, and a None one costs nothing)
+        self.on_message_begin: Callable[[], None] | None = self._begin if timed_heads else None
         self.parser = httptools.HttpRequestParser(self)
         self.cur: RequestHead | None = None  # being parsed
         self.error: LocalReply | None = None
@@ -288,15 +289,12 @@ class RequestDecoder:
         # llhttp is at a message boundary, so the scanner may read what comes next
         self.fast = SCAN_REQUEST is not None
 
-    def streams_from_first_byte(self) -> None:
-        """Start each request's stream at the first byte of its head, not at its URL: where the
-        time a head takes to arrive is limited (request_headers_timeout), as Envoy's codec
-        starts the stream at message begin. A head that is still incomplete after a read then
-        always has its stream (``cur``), and the scanner's whole heads never pay for it."""
-        self.on_message_begin = self._begin
-        self.parser = httptools.HttpRequestParser(self)
-
     def _begin(self) -> None:
+        """With ``timed_heads``, each request's stream starts at the first byte of its head, not
+        at its URL: where the time a head takes to arrive is limited (request_headers_timeout),
+        as Envoy's codec starts the stream at message begin. A head that is still incomplete
+        after a read then always has its stream (``cur``); the scanner's whole heads never pay
+        for it, llhttp's pay one callback (on_url then finds the stream made)."""
         if self.cur is None and not self.stopped:  # after "Connection: close", on_url refuses
             self.cur = self.callbacks.new_stream()
             self.header_bytes = 0

@@ -70,7 +70,10 @@ def errors(tree: dict[str, object]) -> list[str]:
 
 def test_defaults_are_envoys() -> None:
     hcm = hcm_of(bootstrap())
-    assert hcm.request_headers_timeout == 0.0  # disabled
+    # udsproxy's one deviation here (README, Deviations from Envoy): Envoy's default is none
+    assert hcm.request_headers_timeout == 10.0
+    assert hcm.delayed_close_timeout == 1.0
+    assert hcm.max_requests_per_connection == 0  # no limit
     assert hcm.max_connection_duration == 0.0  # none
     assert hcm.drain_timeout == 5.0
     assert hcm.http1_safe_max_connection_duration is False
@@ -139,7 +142,6 @@ def test_envoys_edge_example_loads() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("delayed_close_timeout", "1s"),  # issue 12
         ("stream_flush_timeout", "1s"),
         ("drain_timeout_jitter", {"value": 10}),
         ("max_request_headers_kb", None),  # (supported: the control case below)
@@ -157,7 +159,6 @@ def test_other_connection_timeouts_stay_refused_by_name(field: str, value: objec
     ("field", "value"),
     [
         ("max_stream_duration", "10s"),
-        ("max_requests_per_connection", 100),  # issue 12
         ("max_connection_duration_jitter", {"value": 10}),
     ],
 )
@@ -165,6 +166,24 @@ def test_other_protocol_options_stay_refused_by_name(field: str, value: object) 
     options = {"max_connection_duration": "60s", field: value}
     (line,) = errors(bootstrap(common_http_protocol_options=options))
     assert line == f"{HCM_PATH}.common_http_protocol_options.{field}: not supported by udsproxy"
+
+
+def test_an_explicit_zero_turns_the_slow_client_defences_off() -> None:
+    hcm = hcm_of(bootstrap(request_headers_timeout="0s", delayed_close_timeout="0s"))
+    assert (hcm.request_headers_timeout, hcm.delayed_close_timeout) == (0.0, 0.0)
+
+
+def test_the_slow_client_fields_convert() -> None:
+    options = {"max_requests_per_connection": 100}
+    hcm = hcm_of(
+        bootstrap(
+            request_headers_timeout="60s",
+            delayed_close_timeout="0.25s",
+            common_http_protocol_options=options,
+        )
+    )
+    assert (hcm.request_headers_timeout, hcm.delayed_close_timeout) == (60.0, 0.25)
+    assert hcm.max_requests_per_connection == 100
 
 
 def test_a_negative_timeout_is_refused() -> None:
@@ -210,10 +229,10 @@ def _decoder(first_byte: bool) -> tuple[RequestDecoder, _Server]:
         http1_dropped_headers_with_underscores=0,
         http1_requests_rejected_with_underscores_in_headers=0,
     )
-    codec = RequestDecoder(server, 8192, 100, stats)
     if first_byte:
-        codec.streams_from_first_byte()
-    return codec, server
+        # as a connection with request_headers_timeout makes it
+        return RequestDecoder(server, 8192, 100, stats, True), server
+    return RequestDecoder(server, 8192, 100, stats), server
 
 
 def test_a_head_has_its_stream_from_its_first_byte() -> None:
