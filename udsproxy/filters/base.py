@@ -211,6 +211,9 @@ class FilterState:
     def body_complete(self, s: FilterCallbacks) -> None:
         """The request is complete: a HoldBody lets it go on."""
         if self.body_limit and self.chain is not None:
+            self.on_body(s)
+            if s.done:
+                return  # answered 413
             self.body_limit = 0
             self.chain.wake(s, self)
 

@@ -39,13 +39,18 @@ class BufferFilter(HttpFilter):
         return HoldBody(config.buffer.max_request_bytes)
 
     def decode_headers(self, s: FilterCallbacks, route: CompiledRoute | None) -> Outcome:
-        # nothing to wait for: a whole request, no body, or an upgrade (its bytes are a tunnel)
-        if s.request_complete or (not s.req_chunked and s.req_cl <= 0) or s.upgrade is not None:
+        # nothing to wait for: no body, or an upgrade (its bytes are a tunnel)
+        if (not s.req_chunked and s.req_cl <= 0) or s.upgrade is not None:
             return None
         hold: HoldBody | None = self.hold
         if route is not None:
             hold = route.filter_configs.get(self.name, hold)
-        return hold
+        if hold is None:
+            return None
+        if s.body_size > hold.limit:  # already read (a whole request comes in one read)
+            self.http_stats.downstream_rq_too_large += 1
+            return _TOO_LARGE
+        return None if s.request_complete else hold
 
     def body_too_large(self, s: FilterCallbacks, state: FilterState) -> Outcome:
         self.http_stats.downstream_rq_too_large += 1

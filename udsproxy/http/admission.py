@@ -54,7 +54,6 @@ class Admission:
         "delay",
         "gauges",
         "glob",
-        "listener_stats",
         "loop",
         "max_connections",
         "runtime",
@@ -65,7 +64,6 @@ class Admission:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        listener_stats: ListenerStats,
         glob: GlobalConnections | None,
         limit: ConnectionLimit | None,
         store: StatsStore,
@@ -73,7 +71,6 @@ class Admission:
         workers: int,
     ) -> None:
         self.loop = loop
-        self.listener_stats = listener_stats
         self.glob = glob
         self.runtime = runtime
         self.max_connections = 0  # 0: no connection_limit filter
@@ -92,18 +89,18 @@ class Admission:
             self.counters = stats.counter_set("limited_connections")
             self.gauges = stats.gauge_set("active_connections")
 
-    def admit(self, transport: asyncio.Transport) -> bool:
-        """Count the new connection in, or close it (False)."""
+    def admit(self, transport: asyncio.Transport, ls: ListenerStats) -> bool:
+        """Count the new connection in, or close it (False). ``ls``: the listener's stats (the
+        server renames them once the port is bound)."""
         glob = self.glob
         if glob is not None and glob.limit and glob.active >= glob.limit:
-            self.listener_stats.downstream_global_cx_overflow += 1
+            ls.downstream_global_cx_overflow += 1
             transport.close()
             return False
         limit = self.max_connections
         if limit:
             if self.gauges["active_connections"] >= limit and self._enabled():
                 self.counters["limited_connections"] += 1
-                ls = self.listener_stats
                 ls.downstream_cx_total += 1
                 ls.downstream_cx_destroy += 1
                 if self.delay > 0:

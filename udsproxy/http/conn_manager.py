@@ -138,7 +138,7 @@ class ListenerContext:
         glob = global_connections if global_connections and global_connections.limit else None
         limit = listener.connection_limit
         self.admission = (
-            Admission(loop, self.listener_stats, glob, limit, store, runtime, workers)
+            Admission(loop, glob, limit, store, runtime, workers)
             if glob is not None or limit is not None
             else None
         )

@@ -133,7 +133,7 @@ class DownstreamConnection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it
         self.transport = transport = cast(asyncio.Transport, transport)
         ctx = self.ctx
-        if ctx.admission is not None and not ctx.admission.admit(transport):
+        if ctx.admission is not None and not ctx.admission.admit(transport, ctx.listener_stats):
             return  # over a connection limit: closed, counted; conn_id 0 tells connection_lost
         self.conn_id = ctx.next_connection_id()
         peer = transport.get_extra_info("peername")
