@@ -124,7 +124,11 @@ def _parse_yaml(text: str, filename: str) -> Any:
     data = _parse_fast(text)
     if data is not _UNSURE:
         return data
-    loader = _Loader(text)
+    try:
+        # the reader refuses non-printable characters already here (found by fuzz/config.py)
+        loader = _Loader(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([(filename, f"YAML error: {exc}")]) from None
     try:
         data = loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
