@@ -557,3 +557,73 @@ def test_registry_reopen_all_skips_std_streams(tmp_path: Path) -> None:
         assert a.path != b.path
     finally:
         reg.close_all()
+
+
+def test_a_full_disk_warns_once_per_interval_with_the_lines_lost(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """/dev/full fails every write with ENOSPC, as a full disk does: one warning per
+    _WARN_INTERVAL with the lines lost since the previous one, every line counted."""
+    now = [1000.0]
+    monkeypatch.setattr(sink_module, "_clock", lambda: now[0])
+    registry = SinkRegistry(flush_interval=60)  # batches are written only by flush() here
+    s = registry.get("/dev/full")
+    caplog.set_level("WARNING", logger="udsproxy.accesslog")
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "lines lost" in r.getMessage()]
+
+    s.write(LINE * 3, 3)
+    s.flush()
+    assert len(warnings()) == 1 and "/dev/full: 3 lines lost" in warnings()[0]
+    assert "No space left on device" in warnings()[0]
+    for _ in range(95):  # 9.5 s of a full disk, a failed batch every 0.1 s: no more warnings
+        now[0] += 0.1
+        s.write(LINE)
+        s.flush()
+    assert len(warnings()) == 1
+    now[0] += 0.5  # the interval is over: the next batch's failure is reported with the rest
+    s.write(LINE)
+    s.flush()
+    assert len(warnings()) == 2 and ": 96 lines lost since the last warning" in warnings()[1]
+    now[0] += 1.0
+    s.write(LINE)  # lost, and reported only once the interval is over again
+    s.flush()
+    assert len(warnings()) == 2
+    counters, gauges = registry.stats()
+    assert counters["filesystem.write_failed"] == 98  # one per failed batch, as Envoy's
+    assert counters["filesystem.write_dropped"] == 100  # lines
+    assert counters["filesystem.write_buffered"] == counters["filesystem.write_completed"] == 0
+    assert gauges["filesystem.write_total_buffered"] == 0  # nothing held back in memory
+    now[0] += 10.0
+    s.flush()  # nothing more failed: the writer thread's next interval reports the last line
+    assert len(warnings()) == 3 and ": 1 lines lost" in warnings()[2]
+    s.flush()
+    assert len(warnings()) == 3  # nothing new to report
+    registry.close_all()
+
+
+def test_lines_dropped_when_the_buffer_is_full_are_reported_too(
+    log_path: Path, sinks: list[FileSink], caplog: pytest.LogCaptureFixture
+) -> None:
+    s = make(sinks, log_path, flush_interval=60, flush_bytes=1 << 20, max_buffer_bytes=100)
+    caplog.set_level("WARNING", logger="udsproxy.accesslog")
+    for _ in range(10):
+        s.write(LINE)
+    s.flush()
+    msgs = [r.getMessage() for r in caplog.records if "lines lost" in r.getMessage()]
+    assert len(msgs) == 1 and "7 lines lost" in msgs[0] and "buffer of 100 bytes" in msgs[0]
+
+
+def test_timer_flushes_and_reopen_failures_are_counted(tmp_path: Path) -> None:
+    d = tmp_path / "logs"
+    d.mkdir()
+    registry = SinkRegistry(flush_interval=0.05)
+    s = registry.get(str(d / "a.log"))
+    s.write(LINE)
+    assert wait_for(lambda: registry.stats()[0]["filesystem.flushed_by_timer"] == 1)
+    (d / "a.log").rename(tmp_path / "kept.log")
+    d.rmdir()  # the path cannot be opened again
+    s.reopen()
+    assert wait_for(lambda: registry.stats()[0]["filesystem.reopen_failed"] == 1)
+    registry.close_all()

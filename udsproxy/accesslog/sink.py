@@ -57,6 +57,9 @@ _SLOW_WRITE = 0.01
 _SLOW_WRITES = 3
 # A pipe holds 64 KiB by default: a try at a backlog copies this much of it, not all of it.
 _PIPE_TAKE = 256 * 1024
+# Lost lines are reported at most this often: a full disk fails every batch, and a warning per
+# batch (about 40 a second under load) would bury everything else on stderr.
+_WARN_INTERVAL = 10.0
 _clock = time.monotonic
 
 
@@ -106,7 +109,11 @@ class FileSink:
         self.dropped_bytes = 0
         self.write_errors = 0
         self.reopen_failures = 0
+        self.flushed_by_timer = 0
         self.closed = False
+        self._warned_lines = 0  # dropped_lines already reported in a warning
+        self._warn_after = 0.0  # _clock() before which no other warning is written
+        self._last_error = ""  # the latest write error not yet reported
         self._reset()
         _sinks.add(self)
 
@@ -261,7 +268,10 @@ class FileSink:
             # A pipe that the caller writes is written here only as far as it takes lines now;
             # once the caller is idle this thread waits for the reader, as for any file.
             busy, self._loop_wrote = self._loop_wrote, False
+            batches = self.write_batches
             self._drain(nonblocking=busy)
+            if self.write_batches != batches:
+                self.flushed_by_timer += 1
 
     def _drain(self, *, nonblocking: bool = False) -> None:
         with self._io_lock:
@@ -286,6 +296,32 @@ class FileSink:
             self._write_batch(lines, nlines, nbfd)
         if reopen and self._reopen:
             self._reopen_fd()
+        if self.dropped_lines != self._warned_lines:  # (read without the lock: a hint)
+            self._warn_lost()
+
+    def _warn_lost(self) -> None:
+        """One warning per ``_WARN_INTERVAL`` with the lines lost since the last one, whether a
+        write failed or the buffer was full. The writer thread comes here on every interval, so
+        lines lost after a warning are reported within ``_WARN_INTERVAL`` + the flush interval,
+        also once the disk has room again. Called with ``_io_lock`` held."""
+        now = _clock()
+        if now < self._warn_after:
+            return
+        with self._lock:
+            lost = self.dropped_lines - self._warned_lines
+            self._warned_lines = self.dropped_lines
+        if lost <= 0:
+            return
+        self._warn_after = now + _WARN_INTERVAL
+        why, self._last_error = self._last_error, ""
+        _log.warning(
+            "access log %s: %d lines lost since the last warning (%s); at most one warning"
+            " every %g s, filesystem.write_dropped counts them all",
+            self.path,
+            lost,
+            why or f"the buffer of {self._max} bytes was full",
+            _WARN_INTERVAL,
+        )
 
     def _write_batch(
         self, lines: collections.deque[bytes], nlines: int, nbfd: int | None = None
@@ -302,7 +338,7 @@ class FileSink:
             done = self._write_all(data, nbfd)
             ok = True
         except OSError as e:
-            _log.warning("access log %s: %d lines lost: %s", self.path, nlines, e)
+            self._last_error = f"write failed: {e}"  # reported by _warn_lost, rate-limited
         rest = data[done:] if ok and done < nbytes else b""
         # a short write stops after a newline (inside a line only if it is over PIPE_BUF)
         rest_lines = nlines - min(nlines, data.count(b"\n", 0, done)) if rest else 0
@@ -412,6 +448,8 @@ class SinkRegistry:
             "filesystem.write_buffered": sum(s.written_lines for s in sinks),
             "filesystem.write_completed": sum(s.write_batches for s in sinks),
             "filesystem.write_failed": sum(s.write_errors for s in sinks),
+            "filesystem.flushed_by_timer": sum(s.flushed_by_timer for s in sinks),
+            "filesystem.reopen_failed": sum(s.reopen_failures for s in sinks),
             "filesystem.write_dropped": sum(s.dropped_lines for s in sinks),
         }
         counters = {k: v - self._base.get(k, 0) for k, v in totals.items()}
