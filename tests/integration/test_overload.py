@@ -19,6 +19,7 @@ from tests.integration.faulty import FaultyUpstream
 from tests.integration.support import (
     AccessLog,
     ProxyProcess,
+    PyUpstream,
     bootstrap,
     cluster,
     listener,
@@ -92,6 +93,7 @@ def _recv_all(sock: socket.socket) -> bytes:
 def buffered(tmp_path_factory: Any) -> Iterator[tuple[ProxyProcess, FaultyUpstream, AccessLog]]:
     workdir: Path = tmp_path_factory.mktemp("buffer")
     up = FaultyUpstream(str(workdir / "up.sock"))
+    py = PyUpstream(str(workdir / "py.sock"))
     log = workdir / "access.log"
     streaming = route("up", prefix="/stream/")
     streaming["typed_per_filter_config"] = {BUFFER: {"@type": PER_ROUTE_TYPE, "disabled": True}}
@@ -103,15 +105,16 @@ def buffered(tmp_path_factory: Any) -> Iterator[tuple[ProxyProcess, FaultyUpstre
         {"name": BUFFER, "typed_config": {"@type": BUFFER_TYPE, "max_request_bytes": 64}},
         ROUTER,
     ]
-    routes = [streaming, small, route("up", prefix="/")]
+    routes = [streaming, small, route("py", prefix="/py/"), route("up", prefix="/")]
     lst = listener([vhost("all", routes)], name="buf", http_filters=http_filters)
     _log(lst, log)
-    config = bootstrap([lst], [cluster("up", up.path)])
+    config = bootstrap([lst], [cluster("up", up.path), cluster("py", str(workdir / "py.sock"))])
     config["admin"] = ADMIN
     proc = ProxyProcess(config, workdir).start()
     yield proc, up, AccessLog(log)
     assert proc.stop() == 0, proc.stderr()
     up.close()
+    py.close()
 
 
 def _post_head(path: str, length: int, ua: str) -> bytes:
@@ -188,6 +191,30 @@ def test_per_route_limit_and_disabled(
         assert _recv_all(sock).startswith(b"HTTP/1.1 200 ")
     assert up.requests[-1]["body"] == b"y" * 100
     assert log.wait_for_line("buf/stream") == "200 - via_upstream buf/stream"
+
+
+def test_a_chunked_body_is_buffered_whole_and_forwarded(
+    buffered: tuple[ProxyProcess, FaultyUpstream, AccessLog],
+) -> None:
+    proc, _up, log = buffered
+    head = (
+        b"POST /py/echo HTTP/1.1\r\nHost: t\r\nUser-Agent: buf/chunked\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", proc.port), timeout=10) as sock:
+        sock.sendall(head + b"5\r\nhello\r\n")
+        sock.sendall(b"6\r\n world\r\n0\r\n\r\n")
+        reply = _recv_all(sock)
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    assert reply.endswith(b"hello world")
+    assert log.wait_for_line("buf/chunked") == "200 - via_upstream buf/chunked"
+    # over the limit in chunks: 413 once the held body passes 64 bytes
+    with socket.create_connection(("127.0.0.1", proc.port), timeout=10) as sock:
+        sock.sendall(head.replace(b"buf/chunked", b"buf/chunked-413") + b"40\r\n" + b"z" * 64)
+        sock.sendall(b"\r\n1\r\nz\r\n")
+        assert _recv_all(sock).startswith(b"HTTP/1.1 413 ")
+    line = log.wait_for_line("buf/chunked-413")
+    assert line == "413 - request_payload_too_large buf/chunked-413"
 
 
 def test_expect_100_continue_is_answered_while_buffering(
