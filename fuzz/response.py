@@ -94,7 +94,12 @@ def decode(pieces: list[bytes], mode: int) -> tuple[tuple[object, ...], ...]:
     return (*events, ("keep_alive", dec.keep_alive if all_read else None))
 
 
-def _same(a: tuple[object, ...], b: tuple[object, ...], mode: int) -> bool:
+def _same(a: tuple[object, ...], b: tuple[object, ...], mode: int, data: bytes) -> bool:
+    if a[:-1] == b[:-1] and not STRICT and data[-1:] in (b"\r", b"\n"):
+        # finding 3: CR/LF after a Content-Length response leaves the connection reusable when
+        # llhttp read the body (llhttp skips empty lines between messages), and retires it when
+        # the body was relayed without the parser (every other byte retires it both ways)
+        return True
     if a[:-1] != b[:-1]:
         # finding 1: bytes after a complete HEAD response are a protocol error when they come
         # in the same read, a retired connection when they come later (and after a 204 or a
@@ -123,11 +128,11 @@ def check(data: bytes) -> None:
     whole = decode([data], mode)
     for i in _splits(len(data)):
         split = decode([data[:i], data[i:]], mode)
-        if not _same(split, whole, mode):
+        if not _same(split, whole, mode, data):
             raise Finding(f"split at {i} differs:\n whole {whole!r}\n split {split!r}")
     if len(data) <= SPLIT_ALL:
         bytewise = decode([data[i : i + 1] for i in range(len(data))], mode)
-        if not _same(bytewise, whole, mode):
+        if not _same(bytewise, whole, mode, data):
             raise Finding(f"byte-by-byte differs:\n whole {whole!r}\n bytes {bytewise!r}")
 
 
