@@ -33,7 +33,7 @@ def _trees() -> list[Any]:
     if not _TREES:
         for data in seeds("config"):
             with contextlib.suppress(ConfigError):
-                _TREES.append(parse_yaml(data.decode("utf-8", "replace")))
+                _TREES.append(parse_yaml(data[1:].decode("utf-8", "replace")))
     return _TREES
 
 

@@ -47,3 +47,9 @@ def test_regression(target: str, path: Path, monkeypatch: pytest.MonkeyPatch) ->
     if hasattr(module, "STRICT"):
         monkeypatch.setattr(module, "STRICT", True)
     module.check(path.read_bytes())
+
+
+def test_config_tree_mutations() -> None:
+    # the config harness's tree mode (a first byte >= 0x80): seed configs edited as trees
+    for i in range(800):
+        fz_config.check(bytes([0x80 | (i & 0x7F), i >> 7, i & 0xFF]))
