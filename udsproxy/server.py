@@ -19,6 +19,7 @@ import asyncio
 import collections
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import socket
@@ -42,6 +43,7 @@ from udsproxy.stats.peers import RestartCounter
 from udsproxy.stats.store import Raw, StatsStore
 from udsproxy.tls import TlsContexts
 from udsproxy.upstream.cluster import Cluster
+from udsproxy.watch import watch_targets
 
 __all__ = ["DEFAULT_SPLICE_MIN_BYTES", "Server"]
 
@@ -230,6 +232,8 @@ class Server:
         # Envoy's names; the admin issue publishes them.
         self.stats: collections.Counter[str] = collections.Counter()
         self._reload_lock = asyncio.Lock()
+        self._digest = b""  # the files' hash at the last reload attempt (see reload)
+        self._digest_applied = True  # whether that attempt was applied
         self.drain_time = 5.0  # --drain-time-s: /drain_listeners?graceful waits this long
         self._drain_timer: asyncio.TimerHandle | None = None
         self._stopped = asyncio.Event()
@@ -278,6 +282,9 @@ class Server:
             await server.stop(timeout=0)
             raise
         server._record_versions(bootstrap)
+        if isinstance(config, str | os.PathLike) or bootstrap.dynamic_resources is not None:
+            server._digest = server._files_digest()  # the content running now
+        server._count_first_update()
         server.state = "LIVE"
         return server
 
@@ -294,23 +301,34 @@ class Server:
         return {name: slot.bound for name, slot in self.slots.items()}
 
     # -- reload ------------------------------------------------------------------------------
-    async def reload(self, reason: str = "reload") -> bool:
+    async def reload(self, reason: str = "reload", *, if_changed: bool = False) -> bool:
         """Re-read the bootstrap source and its dynamic files; apply them if they are valid.
 
         On any error the running config stays, the error is logged with its YAML path and
         counted (``*.update_rejected``). Returns whether the new config is in effect.
+
+        ``if_changed`` (the file watcher): do nothing when the bytes of the files (bootstrap,
+        CDS/LDS, certificates) are those of the last attempt: one change seen twice (an inotify
+        event and the poll, or a rename's several events) is applied once, and content that
+        was rejected is not tried again until it changes. SIGHUP always re-reads.
         """
         async with self._reload_lock:
             if self._stopping:
                 return False
+            digest = await asyncio.to_thread(self._files_digest)
+            if if_changed and digest == self._digest:
+                log.debug("%s: the files are unchanged since the last reload: skipped", reason)
+                return self._digest_applied
+            self._digest, self._digest_applied = digest, False
             dyn = self.bootstrap.dynamic_resources
             kinds = [k for k, src in (("cds", dyn and dyn.cds), ("lds", dyn and dyn.lds)) if src]
             for kind in kinds:
                 self.stats[_manager(kind) + ".update_attempt"] += 1
             source = self.source if self.source is not None else self.bootstrap
             try:
-                # Parsing and validating is CPU work: a thread keeps the loop answering.
-                new = await asyncio.to_thread(load_isolated, source)
+                # Parsing and validating is CPU work in C calls that hold the GIL: a child
+                # process does it (the thread only waits for its answer).
+                new = await asyncio.to_thread(load_isolated, source, child=True)
                 await self._apply(new)
             except (ConfigError, OSError) as exc:
                 text = exc.render() if isinstance(exc, ConfigError) else str(exc)
@@ -320,6 +338,7 @@ class Server:
                 return False
             for kind in kinds:
                 self.stats[_manager(kind) + ".update_success"] += 1
+            self._digest_applied = True
             self._record_versions(new)
             log.info(
                 "%s applied (%d listeners, %d clusters)",
@@ -329,12 +348,39 @@ class Server:
             )
             return True
 
+    def _files_digest(self) -> bytes:
+        """A hash of every file the config is read from (a missing one counts as missing)."""
+        _dirs, files = watch_targets(self.bootstrap)
+        if isinstance(self.source, str | os.PathLike):
+            files.add(os.path.abspath(os.fspath(self.source)))
+        digest = hashlib.blake2b(digest_size=16)
+        for path in sorted(files):
+            digest.update(path.encode(errors="surrogateescape") + b"\0")
+            try:
+                with open(path, "rb") as f:
+                    digest.update(hashlib.blake2b(f.read(), digest_size=16).digest())
+            except OSError as exc:
+                digest.update(f"<{exc.errno}>".encode())
+        return digest.digest()
+
     def _watch_runtime(self) -> None:
         """Re-read disk runtime layers every few seconds (Envoy watches their symlink)."""
         self._runtime_timer = None
         if any(layer.kind == "disk" for layer in self.runtime.layers) and not self._stopping:
             self.runtime.refresh()
             self._runtime_timer = self.loop.call_later(_RUNTIME_POLL_S, self._watch_runtime)
+
+    def _count_first_update(self) -> None:
+        """Envoy counts the first read of a CDS/LDS file as an update like any later one, and
+        its subscription counters are there from then on (0 until something fails)."""
+        dyn = self.bootstrap.dynamic_resources
+        for kind, src in (("cds", dyn and dyn.cds), ("lds", dyn and dyn.lds)):
+            if src:
+                prefix = _manager(kind)
+                self.stats[prefix + ".update_attempt"] += 1
+                self.stats[prefix + ".update_success"] += 1
+                for name in (".update_failure", ".update_rejected"):
+                    self.stats[prefix + name] += 0
 
     def _record_versions(self, bootstrap: schema.Bootstrap) -> None:
         limit = bootstrap.max_active_downstream_connections
@@ -550,9 +596,16 @@ class Server:
             len(ctx.connections) for slot in self.slots.values() for ctx in slot.contexts()
         )
         gauges["server.memory_allocated"] = _rss_bytes()  # summed over the workers
+        gauges["server.memory_heap_size"] = _heap_bytes()  # likewise
         if self.primary:  # process-wide values, published once
             gauges["cluster_manager.active_clusters"] = len(self.clusters)
             gauges["listener_manager.total_listeners_active"] = len(self.slots)
+            # a listener is bound before it is swapped in: none is ever seen warming; draining:
+            # replaced listener configs whose connections are still finishing
+            gauges["listener_manager.total_listeners_warming"] = 0
+            gauges["listener_manager.total_listeners_draining"] = sum(
+                any(old.connections for old in slot.old) for slot in self.slots.values()
+            )
             gauges["server.live"] = 1 if self.state == "LIVE" else 0
             gauges["server.state"] = _STATES.get(self.state, 0)
             gauges["server.uptime"] = int(time.time() - self.started_at)
@@ -715,6 +768,16 @@ def pipe_gauges(prefix: str, pipes: list[schema.Pipe]) -> dict[str, int]:
         prefix + "uds_fs_used_bytes": used,
         prefix + "uds_fs_total_bytes": total,
     }
+
+
+def _heap_bytes() -> int:
+    """Envoy's memory_heap_size (the allocator's reserved heap): the private writable memory
+    the process has reserved (statm's data: heap, anonymous mappings and stack)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[5]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _rss_bytes() -> int:

@@ -127,7 +127,10 @@ async def serve(
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)  # a worker's: blocked since the fork
     if announce:
         sdnotify.notify("READY=1")
-    watcher = ConfigWatcher(lambda: watch_targets(server.bootstrap), server.reload)
+    watcher = ConfigWatcher(
+        lambda: watch_targets(server.bootstrap),
+        lambda why: server.reload(why, if_changed=True),  # one application per content
+    )
     watcher.start()
     await stop.wait()
     if worker is None:

@@ -12,6 +12,7 @@ loading (and writes the table for next time, where it can) and hands the result 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import sys
@@ -27,10 +28,18 @@ __all__ = ["load_isolated"]
 _SCHEMA_MODULE = "envoy_data_plane"
 
 
-def load_isolated(source: ConfigSource) -> Bootstrap:
+def load_isolated(source: ConfigSource, *, child: bool = False) -> Bootstrap:
     """``load_and_resolve(source)``, here with the API table, else in a child process; raises
-    what it would raise (ConfigError, OSError) here."""
+    what it would raise (ConfigError, OSError) here.
+
+    ``child``: load in a child process even with the table (a reload while serving). Parsing
+    YAML, reading the table and compiling regexes are C calls that hold the GIL for tens of
+    milliseconds, so a thread alone would still stall the event loop; the child costs the
+    loop only the fork and unpickling the result (a few ms).
+    """
     held = api_table.is_loaded()  # someone keeps it (tests, a validating process): leave it
+    if child and hasattr(os, "fork"):
+        return _in_child(source, nice=10)
     if held or api_table.loaded_table() is not None:
         try:
             return load_and_resolve(source)
@@ -39,6 +48,10 @@ def load_isolated(source: ConfigSource) -> Bootstrap:
                 validate.release()  # read again on a reload: 4 MiB less while serving
     if _SCHEMA_MODULE in sys.modules or not hasattr(os, "fork"):
         return load_and_resolve(source)
+    return _in_child(source)
+
+
+def _in_child(source: ConfigSource, nice: int = 0) -> Bootstrap:
     r, w = os.pipe()
     with warnings.catch_warnings():
         # 3.12+ warns about fork() with threads; the child only loads and exits at once.
@@ -46,6 +59,9 @@ def load_isolated(source: ConfigSource) -> Bootstrap:
         pid = os.fork()
     if pid == 0:  # the child: load, write one pickled answer, and leave without cleanup
         os.close(r)
+        if nice:
+            with contextlib.suppress(OSError):
+                os.nice(nice)  # on a busy machine, serving comes first
         code = 0
         try:
             answer: tuple[str, object]
@@ -66,7 +82,8 @@ def load_isolated(source: ConfigSource) -> Bootstrap:
     os.close(w)
     with os.fdopen(r, "rb") as pipe:
         data = pipe.read()
-    os.waitpid(pid, 0)
+    with contextlib.suppress(ChildProcessError):  # a process-wide reaper may be first
+        os.waitpid(pid, 0)
     if not data:
         raise RuntimeError("the config loader process died without an answer")
     kind, value = pickle.loads(data)
