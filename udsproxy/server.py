@@ -26,8 +26,9 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from types import TracebackType
+from typing import Any
 
 from udsproxy.accesslog.sink import SinkRegistry, build_access_loggers
 from udsproxy.config import schema
@@ -87,6 +88,7 @@ class _Acceptor:
         self.slot = slot
         self.ssl = ssl_ctx
         self.fd = sock.fileno()
+        self.family = sock.family
         self.closed = False
         self._timer: asyncio.TimerHandle | None = None
         self._unlogged = 0  # refusals since the last warning
@@ -99,7 +101,9 @@ class _Acceptor:
         sock = self.sock
         for _ in range(_ACCEPT_BATCH):
             try:
-                conn, _addr = sock.accept()
+                # _accept: the bare fd (socket.accept() wraps it with enum look-ups and a
+                # timeout check that cost more than the syscall)
+                fd, _addr = sock._accept()  # type: ignore[attr-defined]
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -109,10 +113,18 @@ class _Acceptor:
                 # ECONNABORTED and the like: that one client is gone; the listener is fine
                 log.debug("listener '%s': accept: %s", self.slot.config.name, exc)
                 continue
-            task = self.loop.create_task(
-                self.loop.connect_accepted_socket(self.slot.new_connection, conn, ssl=self.ssl)
-            )
-            task.add_done_callback(_accepted)
+            # The loop's coroutine builds the transport synchronously up to its first await
+            # (connection_made, or the TLS handshake): driven by hand, no Task per connection.
+            conn = socket.socket(self.family, socket.SOCK_STREAM, 0, fd)
+            coro = self.loop.connect_accepted_socket(self.slot.new_connection, conn, ssl=self.ssl)
+            try:
+                waiter = coro.send(None)
+            except StopIteration:
+                continue
+            except Exception as exc:  # one connection failed, not the listener
+                log.debug("connection setup failed: %s", exc)
+                continue
+            waiter.add_done_callback(_Setup(coro))
 
     def _exhausted(self, exc: OSError) -> None:
         self.slot.ctx.listener_stats.downstream_cx_fd_exhausted += 1
@@ -149,10 +161,23 @@ class _Acceptor:
         self.sock.close()
 
 
-def _accepted(task: asyncio.Task[object]) -> None:
-    # A TLS handshake that fails, or a client gone before it began, ends here: nothing to do.
-    if not task.cancelled() and task.exception() is not None:
-        log.debug("connection setup failed: %s", task.exception())
+class _Setup:
+    """Resumes a connection's setup coroutine once what it awaits is done (it then returns)."""
+
+    __slots__ = ("coro",)
+
+    def __init__(self, coro: Coroutine[Any, Any, object]) -> None:
+        self.coro = coro
+
+    def __call__(self, _done: object) -> None:
+        try:
+            again = self.coro.send(None)
+        except StopIteration:
+            return
+        except Exception as exc:  # a failed TLS handshake: that client only
+            log.debug("connection setup failed: %s", exc)
+            return
+        again.add_done_callback(self)  # it awaited once more (not uvloop's code today)
 
 
 class _ListenerSlot:
