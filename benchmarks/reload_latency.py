@@ -146,8 +146,12 @@ def _cds(sock: str) -> dict[str, Any]:
 
 
 async def _run(args: argparse.Namespace, work: Path, sock: str) -> dict[str, Any]:
+    import udsproxy.server
     from udsproxy.server import Server
 
+    if args.in_thread:
+        load = udsproxy.server.load_isolated
+        udsproxy.server.load_isolated = lambda source, child=False: load(source)  # type: ignore[assignment]
     cds = work / "cds.yaml"
     cds.write_text(yaml.safe_dump(_cds(sock)))
     boot = work / "proxy.yaml"
@@ -226,6 +230,11 @@ def main() -> int:
     parser.add_argument("--reloads", type=int, default=10)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--routes", type=int, default=300)
+    parser.add_argument(
+        "--in-thread",
+        action="store_true",
+        help="load in a thread of the serving process, as before issue 12 (for comparison)",
+    )
     args = parser.parse_args()
     nginx_bin = find_nginx()
     if nginx_bin is None:
@@ -236,7 +245,9 @@ def main() -> int:
     root.mkdir()
     (root / "index.html").write_bytes(index_html())
     sock = str(work / "nginx.sock")
-    nginx = NginxInstance(nginx_bin, work / "nginx", sock, root).start()
+    nginx = NginxInstance(
+        nginx_bin, work / "nginx", sock, root, keepalive_requests=1_000_000
+    ).start()
     try:
         result = uvloop.run(_run(args, work, sock))
     finally:
