@@ -13,8 +13,11 @@ loading (and writes the table for next time, where it can) and hands the result 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pickle
+import select
+import signal
 import sys
 import warnings
 
@@ -26,6 +29,7 @@ from udsproxy.errors import ConfigError
 __all__ = ["load_isolated"]
 
 _SCHEMA_MODULE = "envoy_data_plane"
+_CHILD_TIMEOUT_S = 120.0  # until its first byte; a large config loads in seconds
 
 
 def load_isolated(source: ConfigSource, *, child: bool = False) -> Bootstrap:
@@ -81,6 +85,11 @@ def _in_child(source: ConfigSource, nice: int = 0) -> Bootstrap:
             os._exit(code)
     os.close(w)
     with os.fdopen(r, "rb") as pipe:
+        # a child that hangs (it never should) must not hold the reload lock forever
+        if not select.select([pipe], [], [], _CHILD_TIMEOUT_S)[0]:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise OSError(errno.ETIMEDOUT, "the config loader process did not answer in time")
         data = pipe.read()
     with contextlib.suppress(ChildProcessError):  # a process-wide reaper may be first
         os.waitpid(pid, 0)
