@@ -251,10 +251,13 @@ def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     cds, lds = xds / "cds.yaml", xds / "lds.yaml"
     replace(cds, cds_doc(1, upstream.sock_shm))
     replace(lds, lds_doc(1, port, str(access_log)))
-    source = lambda p: {  # noqa: E731
-        "resource_api_version": "V3",
-        "path_config_source": {"path": str(p), "watched_directory": {"path": str(xds)}},
-    }
+
+    def source(path: Path) -> dict[str, Any]:
+        return {
+            "resource_api_version": "V3",
+            "path_config_source": {"path": str(path), "watched_directory": {"path": str(xds)}},
+        }
+
     bootstrap = work / "bootstrap.yaml"
     bootstrap.write_text(
         yaml.safe_dump(
@@ -283,6 +286,9 @@ def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         next_reload = args.reload_every / 2
         next_restart = args.restart_every * 2 / 3
         kill_at = args.duration / 2 if args.kill else None
+        restarts_at = [args.restart_every * (2 / 3 + k) for k in range(int(args.duration))]
+        while kill_at is not None and any(abs(kill_at - r) < 5 for r in restarts_at):
+            kill_at += 5  # apart from an nginx restart, so each shows on its own
         next_sample = 0.0
         while load.popen.poll() is None:
             t = time.time() - t0
@@ -470,17 +476,11 @@ def analyse(
     # a request the client saw fail may have been logged (the proxy answered, the client had
     # given up) only if it timed out; an error at the kill never reached a live worker's log.
     extra = [i for i in range(len(outcome)) if outcome[i] != 1 and counts[i] > 0]
-    bound_lo = (kill_lg - args.log_flush - 1.0) if kill_lg is not None else None
-    unexplained = [
-        i
-        for i in missing
-        if bound_lo is None or not (bound_lo <= done_at[i] <= kill_lg + 0.1)  # type: ignore[operator]
-    ]
-    lost_window = (
-        sum(1 for i in completed if bound_lo <= done_at[i] <= kill_lg + 0.1)  # type: ignore[operator]
-        if kill_lg is not None
-        else 0
-    )
+    # The killed worker's unflushed lines: requests it answered since its last flush, at most
+    # --log-flush s before the kill (plus 1 s of slack for the sampling and clocks).
+    lo, hi = (kill_lg - args.log_flush - 1.0, kill_lg + 0.1) if kill_lg is not None else (0, -1)
+    unexplained = [i for i in missing if not lo <= done_at[i] <= hi]
+    lost_window = sum(1 for i in completed if lo <= done_at[i] <= hi)
     checks["one_log_line_per_request"] = {
         "ok": dup == 0 and bad == 0 and not unexplained and not extra,
         "requests_completed": len(completed),
