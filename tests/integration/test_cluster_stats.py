@@ -77,6 +77,10 @@ def test_cds_clusters_publish_version_and_warming_state(
             assert s.type_of("envoy_cluster_warming_state") == "gauge"
             assert _gauge(s, "version", "dyn") == 0
             assert _gauge(s, "warming_state", "dyn") == 0
+            # the first read of the file is an update, as in Envoy (counted once, not per worker)
+            assert s.value("envoy_cluster_manager_cds_update_attempt", {}) == 1
+            assert s.value("envoy_cluster_manager_cds_update_success", {}) == 1
+            assert s.value("envoy_cluster_manager_cds_update_failure", {}) == 0
 
             # a health-checked cluster arrives: it warms until its first check times out
             _write_cds(
@@ -164,3 +168,32 @@ def test_connection_histograms_count_each_connection_once(
         assert s.value("envoy_cluster_upstream_cx_overflow", nginx_labels) == 0
         status, _, body = proxy.admin("/stats/prometheus?filter=%28")
         assert status == 400, body
+
+
+def test_the_three_public_dashboards_are_answered() -> None:
+    """scripts/dashboard-coverage: every query of Contour's, the GCP/Istio and the Envoy mixin's
+    Envoy dashboards finds its metrics in udsproxy's exposition for the article's config."""
+    from benchmarks.dashboards import DASHBOARDS, coverage, queries_of, udsproxy_names
+
+    names = udsproxy_names()
+    for name, queries in DASHBOARDS.items():
+        answered, total, missing = coverage(queries, names)
+        assert (answered, missing) == (total, []), name
+    # how the built-in tuples were made: label names and $variables are not metrics
+    grafana = {
+        "templating": {
+            "list": [{"query": "label_values(envoy_cluster_version, envoy_cluster_name)"}]
+        },
+        "panels": [
+            {
+                "targets": [
+                    {
+                        "expr": "sum(rate(envoy_cluster_upstream_rq_xx"
+                        '{envoy_cluster_name="$envoy_cluster"}[1m]))'
+                        " by (envoy_response_code_class)"
+                    }
+                ]
+            }
+        ],
+    }
+    assert queries_of(grafana) == [("envoy_cluster_version",), ("envoy_cluster_upstream_rq_xx",)]
