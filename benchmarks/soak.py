@@ -285,10 +285,12 @@ def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         reloads = 0
         next_reload = args.reload_every / 2
         next_restart = args.restart_every * 2 / 3
-        kill_at = args.duration / 2 if args.kill else None
-        restarts_at = [args.restart_every * (2 / 3 + k) for k in range(int(args.duration))]
-        while kill_at is not None and any(abs(kill_at - r) < 5 for r in restarts_at):
-            kill_at += 5  # apart from an nginx restart, so each shows on its own
+        kill_at = args.kill_at if args.kill else None
+        if kill_at is None and args.kill:
+            kill_at = args.duration / 2
+            restarts_at = [args.restart_every * (2 / 3 + k) for k in range(int(args.duration))]
+            while any(abs(kill_at - r) < 5 for r in restarts_at):
+                kill_at += 5  # apart from an nginx restart, so each shows on its own
         next_sample = 0.0
         while load.popen.poll() is None:
             t = time.time() - t0
@@ -708,6 +710,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--restart-every", type=float, default=90.0)
     p.add_argument("--restart-gap", type=float, default=1.0, help="s nginx stays down")
     p.add_argument("--no-kill", dest="kill", action="store_false", help="no worker kill -9")
+    p.add_argument("--kill-at", type=float, help="s (default: half time, off nginx restarts)")
     p.add_argument("--warmup", type=float, default=60.0)
     p.add_argument("--tolerance", type=float, default=0.10, help="allowed growth (fraction)")
     p.add_argument("--log-flush", type=float, default=1.0, help="access-log flush interval, s")

@@ -29,7 +29,9 @@ def test_soak_quick_run(nginx_bin: str, tmp_path: Path) -> None:
             "--reload-every",
             "4",  # one CDS reload, at 2 s
             "--restart-every",
-            "4.5",  # one nginx restart, at 3 s (the worker kill is at 2.5 s)
+            "4.5",  # one nginx restart, at 3 s
+            "--kill-at",
+            "2.5",
             "--restart-gap",
             "0.2",
             "--warmup",
