@@ -95,6 +95,8 @@ def decode(pieces: list[bytes], mode: int) -> tuple[tuple[object, ...], ...]:
 
 
 def _same(a: tuple[object, ...], b: tuple[object, ...], mode: int, data: bytes) -> bool:
+    if a[:-1] == b[:-1] and a[-2:-1] == (("error",),):
+        return True  # the connection is closed after a protocol error: keep_alive is moot
     if a[:-1] == b[:-1] and not STRICT and data[-1:] in (b"\r", b"\n"):
         # finding 3: CR/LF after a Content-Length response leaves the connection reusable when
         # llhttp read the body (llhttp skips empty lines between messages), and retires it when
