@@ -171,6 +171,8 @@ def _start_time(fmt: str, where: str) -> Callable[[float], str]:
         return _default_start_time()
     if _TIME_NEWLINE.search(fmt):
         raise FormatError(f"{where}: START_TIME format contains a newline")
+    if "\x00" in fmt:
+        raise FormatError(f"{where}: START_TIME format contains a NUL byte")  # strftime refuses it
     # Segments: str = strftime text, None = %s (epoch seconds), int = digits of the fraction.
     segs: list[str | int | None] = []
     pos = 0

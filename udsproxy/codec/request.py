@@ -401,6 +401,8 @@ class RequestDecoder:
             self._reject(http1.TOO_MANY_HEADERS)
         s = self.cur
         assert s is not None
+        if not self.in_head:
+            return  # a chunked body's trailers: counted, then dropped (Envoy's HTTP/1 default)
         name = name.lower()
         if name not in SPECIAL_REQUEST_HEADERS:
             s.headers.append((name, value))
@@ -455,7 +457,7 @@ class _DropUnderscores(RequestDecoder):
         # counted against the limits like any header, then taken back out (no special header
         # has an underscore, so it was the last one appended)
         RequestDecoder.on_header(self, name, value)
-        if b"_" in name:
+        if b"_" in name and self.in_head:  # a trailer was not appended
             self.stats.http1_dropped_headers_with_underscores += 1
             assert self.cur is not None
             self.cur.headers.pop()
