@@ -199,7 +199,7 @@ class ResponseDecoder:
             cb.on_response_upgrade(data[exc.args[0] :])
             return
         except httptools.HttpParserError:
-            if self.message_done and not self.stray_body:
+            if (self.message_done and not self.stray_body) or self._after_bodiless():
                 # Bytes after a complete response (no upstream pipelining): deliver the
                 # response, never the extra bytes, and retire the connection.
                 self.keep_alive = False
@@ -207,6 +207,12 @@ class ResponseDecoder:
             else:
                 cb.on_protocol_error()
             return
+        if self.stray_body and self._after_bodiless():
+            # bytes after a HEAD (or 204/304) response in the same read: as when they come in a
+            # later one, the response is whole and the connection is never reused
+            self.stray_body = False
+            self.keep_alive = False
+            self.message_done = False  # ended below
         if (not self.in_body and self.head_fed > MAX_RESPONSE_HEAD) or self.stray_body:
             cb.on_protocol_error()
         elif self.message_done:
@@ -216,6 +222,10 @@ class ResponseDecoder:
             self.parser = httptools.HttpResponseParser(self)
             self.message_done = True
             cb.on_response_complete()
+
+    def _after_bodiless(self) -> bool:
+        """The head of a response without a body was delivered: what follows is not its."""
+        return self.in_body and self.no_body
 
     @property
     def close_delimited(self) -> bool:
