@@ -393,11 +393,9 @@ class ActiveStream(FilterCallbacks):
         if self.retry_state is not None:
             self.arm_per_try_timeout()
         if route is not None:
-            # the stream idle timeout (the route's, else the HCM's), where it may come first:
-            # wake for it (check_timeouts re-arms)
+            # the stream idle timeout, where it may come first: wake for it (check_timeouts
+            # re-arms)
             idle = route.idle_timeout
-            if idle is None:
-                idle = self.ctx.stream_idle_timeout
             if idle and (idle < route.timeout or not self.deadline):
                 self.conn.arm(self.conn.last_io + idle)
 
@@ -615,9 +613,7 @@ class ActiveStream(FilterCallbacks):
                 self._timeout(http1.REQUEST_TIMEOUT)
             return 0.0
         route = self.route
-        idle = self.ctx.stream_idle_timeout
-        if route is not None and route.idle_timeout is not None:
-            idle = route.idle_timeout
+        idle = route.idle_timeout if route is not None else self.ctx.stream_idle_timeout
         nxt = self.deadline
         if idle:
             idle_at = self.conn.last_io + idle

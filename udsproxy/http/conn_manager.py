@@ -75,7 +75,9 @@ class ListenerContext:
         self.name = listener.name
         self.loop = loop
         self.stat_prefix = hcm.stat_prefix
-        self.route_table = RouteTable(hcm.route_config, hcm.upgrade_configs)
+        self.route_table = RouteTable(
+            hcm.route_config, hcm.upgrade_configs, hcm.stream_idle_timeout
+        )
         self.clusters = clusters
         self.access_loggers = tuple(access_loggers)
         server = hcm.server_name.encode()

@@ -194,9 +194,7 @@ class DownstreamConnection(asyncio.Protocol):
             idle = ctx.stream_idle_timeout  # before its headers, the HCM's applies (Envoy)
         else:
             route = s.route
-            idle = ctx.stream_idle_timeout
-            if route is not None and route.idle_timeout is not None:
-                idle = route.idle_timeout
+            idle = route.idle_timeout if route is not None else ctx.stream_idle_timeout
             if s is self.active and ctx.splice_min_bytes:
                 self._splice_upload(s)
         if idle:

@@ -60,18 +60,25 @@ class Router:
         s.head = self._encode_head(s, route)
         if s.expect_continue and not s.request_complete and not s.http10:
             s.conn.write(_CONTINUE)
-        policy = route.retry_policy
-        if s.envoy_retry is not None and not s.ctx.use_remote_address:
-            # not the edge: Envoy would not have sanitized them, and honours them
-            policy = (policy or NO_POLICY).with_headers(s.envoy_retry)
-        if (policy is not None and policy.applies(s)) or route.attempt_count_in_response:
-            s.retry_state = RetryState(policy or NO_POLICY, cluster.resources)
+        if route.watch_responses or s.envoy_retry is not None:
+            self._retry_state(s, route, cluster)
         upstream = s.upstream = UpstreamRequest(s, host, self)
         upstream.start()
         if s.request_complete and not s.done:
             s.arm_route_timeout()
             if route.mirror_policies is not None:
                 mirroring.shadow(s, route)  # request_mirror_policies (router/shadow.py)
+
+    def _retry_state(self, s: ActiveStream, route: CompiledRoute, cluster: Cluster) -> None:
+        """The stream's RetryState, when the route has a retry policy (for a request it
+        applies to), asks for x-envoy-attempt-count in responses, or, off the edge, the
+        request carries x-envoy-retry-on / x-envoy-max-retries (Envoy honours them where it
+        does not sanitize them)."""
+        policy = route.retry_policy
+        if s.envoy_retry is not None and not s.ctx.use_remote_address:
+            policy = (policy or NO_POLICY).with_headers(s.envoy_retry)
+        if (policy is not None and policy.applies(s)) or route.attempt_count_in_response:
+            s.retry_state = RetryState(policy or NO_POLICY, cluster.resources)
 
     def shadow(self, s: ActiveStream, route: CompiledRoute) -> None:
         """A request with mirror policies is complete (the stream's decode_complete)."""

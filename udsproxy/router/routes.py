@@ -101,6 +101,7 @@ class CompiledRoute:
         "timeout",
         "upgrade_types",
         "vhost_name",
+        "watch_responses",
     )
 
     def __init__(
@@ -109,6 +110,7 @@ class CompiledRoute:
         vhost: schema.VirtualHost,
         hcm_upgrades: tuple[schema.UpgradeConfig, ...],
         config: schema.RouteConfiguration | None = None,
+        stream_idle_timeout: float = 0.0,
     ) -> None:
         config = config if config is not None else schema.RouteConfiguration()
         action = route.route if route.route is not None else _NO_ACTION
@@ -139,12 +141,19 @@ class CompiledRoute:
         self.retry_policy = RetryPolicy.compile(policy) if policy is not None else None
         self.attempt_count_header = vhost.include_request_attempt_count
         self.attempt_count_in_response = vhost.include_attempt_count_in_response
+        # the router follows this route's responses (a RetryState): a retry policy may retry
+        # them, or x-envoy-attempt-count goes into them
+        self.watch_responses = self.retry_policy is not None or self.attempt_count_in_response
         self.timeout = action.timeout
         # None without mirroring: the router tests this one attribute when a request completes
         self.mirror_policies = (
             tuple(MirrorPolicy(p) for p in action.request_mirror_policies) or None
         )
-        self.idle_timeout = action.idle_timeout
+        # the stream idle timeout that applies: the route's, else the connection manager's
+        # stream_idle_timeout (0: none)
+        self.idle_timeout = (
+            action.idle_timeout if action.idle_timeout is not None else stream_idle_timeout
+        )
         ms = int(action.timeout * 1000)
         # Envoy sends the route timeout upstream whenever it is set.
         self.expected_timeout_header = (
@@ -223,10 +232,12 @@ class _VirtualHost:
         vhost: schema.VirtualHost,
         hcm_upgrades: tuple[schema.UpgradeConfig, ...],
         config: schema.RouteConfiguration,
+        stream_idle_timeout: float,
     ) -> None:
         self.name = vhost.name
         self.matchers = tuple(
-            _Matcher(r, CompiledRoute(r, vhost, hcm_upgrades, config)) for r in vhost.routes
+            _Matcher(r, CompiledRoute(r, vhost, hcm_upgrades, config, stream_idle_timeout))
+            for r in vhost.routes
         )
 
     def match(self, path: bytes) -> CompiledRoute | None:
@@ -246,6 +257,7 @@ class RouteTable:
         self,
         config: schema.RouteConfiguration,
         hcm_upgrades: tuple[schema.UpgradeConfig, ...] = (),
+        stream_idle_timeout: float = 0.0,
     ) -> None:
         self._exact: dict[bytes, _VirtualHost] = {}
         suffixes: list[tuple[bytes, _VirtualHost]] = []
@@ -253,7 +265,7 @@ class RouteTable:
         self._default: _VirtualHost | None = None
         self._vhosts: list[_VirtualHost] = []
         for vh in config.virtual_hosts:
-            compiled = _VirtualHost(vh, hcm_upgrades, config)
+            compiled = _VirtualHost(vh, hcm_upgrades, config, stream_idle_timeout)
             self._vhosts.append(compiled)
             for domain in vh.domains:
                 d = domain.lower().encode()
