@@ -16,7 +16,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-__all__ = ["MAX_CYCLE", "Balancer", "LeastRequest", "Random", "RoundRobin", "schedule"]
+__all__ = ["MAX_CYCLE", "Balancer", "LeastRequest", "Random", "RoundRobin", "other", "schedule"]
 
 T = TypeVar("T")
 
@@ -67,17 +67,21 @@ class Balancer(Generic[T]):
         raise NotImplementedError
 
     def _other(self, avoid: T) -> T:
-        """Any item but ``avoid`` (the first after it), or ``avoid`` if it is alone."""
-        items = self.items
-        n = len(items)
-        for k in range(n):
-            if items[k] is avoid:
-                for j in range(1, n):
-                    other = items[(k + j) % n]
-                    if other is not avoid:
-                        return other
-                break
-        return avoid
+        return other(self.items, avoid)
+
+
+def other(items: Sequence[T], avoid: T) -> T:
+    """Any item but ``avoid`` (the first after it), or ``avoid`` if it is alone: a retry's
+    host when the balancer picked the one that failed."""
+    n = len(items)
+    for k in range(n):
+        if items[k] is avoid:
+            for j in range(1, n):
+                item = items[(k + j) % n]
+                if item is not avoid:
+                    return item
+            break
+    return avoid
 
 
 class RoundRobin(Balancer[T]):

@@ -15,7 +15,7 @@ from typing import Any
 from udsproxy.config import schema
 from udsproxy.config.schema import SocketAddress as Sa
 from udsproxy.dns import Resolver
-from udsproxy.lb import Balancer, LeastRequest, Random, RoundRobin, schedule
+from udsproxy.lb import Balancer, LeastRequest, Random, RoundRobin, other, schedule
 from udsproxy.stats.store import ClusterStats, OutlierStats, SslStats
 from udsproxy.upstream.connection import HostLike, UpstreamConnection
 from udsproxy.upstream.health import EXCLUDED, flags_to_stats, panic
@@ -312,18 +312,8 @@ class Cluster:
         self._rr = i + 1 if i + 1 < len(hosts) else 0
         host = hosts[i]
         if host is avoid:
-            return self._pick_other(i)
+            return other(self.hosts, host)
         return host
-
-    def _pick_other(self, i: int) -> Host:
-        """The next host of the schedule after turn ``i`` that is not its host, if any."""
-        hosts = self._schedule
-        n = len(hosts)
-        for j in range(1, n):
-            other = hosts[(i + j) % n]
-            if other is not hosts[i]:
-                return other
-        return hosts[i]
 
     def health_changed(self) -> None:
         """A host's health_flags changed: rebuild what the load balancer picks from."""
