@@ -368,6 +368,10 @@ class _Session:
             if timer is not None:
                 timer.cancel()
         self.timer = self.timeout_timer = None
+        self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        """Cancel a connect under way and abort the connection, if any."""
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None
@@ -413,13 +417,7 @@ class _Session:
 
     def on_timeout(self) -> None:
         self.timeout_timer = None
-        if self.connecting is not None:
-            self.connecting.cancel()
-            self.connecting = None
-        conn = self.conn
-        if conn is not None:
-            self.conn = None
-            conn.abort()  # Envoy aborts the connection of a check that timed out
+        self._drop_connection()  # Envoy aborts the connection of a check that timed out
         self.handle_failure(network=True, timeout=True)
 
     # -- the connection's callbacks ------------------------------------------------------------
