@@ -20,6 +20,7 @@ from udsproxy.config import convert_governance as governance
 from udsproxy.config import convert_health as health
 from udsproxy.config import convert_lb as lb
 from udsproxy.config import convert_mirror as mirror
+from udsproxy.config import convert_overload as overload
 from udsproxy.config import convert_shaping as shaping
 from udsproxy.config import filter_schema
 from udsproxy.config.datasource import decode_base64
@@ -67,9 +68,6 @@ FILE_ACCESS_LOG = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
 UPSTREAM_HTTP = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 DOWNSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 CONNECTION_LIMIT = "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit"
-DOWNSTREAM_CONNECTIONS = (
-    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
-)
 TLS_INSPECTOR = "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
 TLS_INSPECTOR_NAME = "envoy.filters.listener.tls_inspector"
 UPSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
@@ -127,8 +125,8 @@ class _Converter:
         )  # fmt: skip
         self.only(root, "", fields)
         admin = self.admin(root.get("admin"), "admin")
-        max_connections = self.overload_manager(
-            root.get("overload_manager", {}), "overload_manager"
+        max_connections = overload.overload_manager(
+            self, root.get("overload_manager", {}), "overload_manager"
         )
         runtime = self.layered_runtime(root.get("layered_runtime", {}), "layered_runtime")
         static = root.get("static_resources", {})
@@ -464,7 +462,9 @@ class _Converter:
         first = filters[0].get("typed_config", {}) if filters else {}
         skip = 0
         if first.get("@type") == CONNECTION_LIMIT:
-            self.connection_limits.append(self.connection_limit(filters[0], item(path, 0)))
+            self.connection_limits.append(
+                overload.connection_limit(self, filters[0], item(path, 0))
+            )
             filters = filters[1:]
             skip = 1
         if len(filters) > 1:
@@ -480,53 +480,6 @@ class _Converter:
             self.refuse(filter_path, f"network filter '{what}'")
             return None
         return self.hcm(config, join(filter_path, "typed_config"))
-
-    def connection_limit(self, node: Node, path: str) -> ConnectionLimit | None:
-        """envoy.filters.network.connection_limit (the HCM follows it)."""
-        self.only(node, path, ("name", "typed_config"))
-        path = join(path, "typed_config")
-        config = node["typed_config"]
-        self.only(config, path, ("stat_prefix", "max_connections", "delay", "runtime_enabled"))
-        if not config.get("max_connections"):
-            # Envoy's schema requires it (>= 1)
-            self.error(join(path, "max_connections"), "is required (at least 1)")
-            return None
-        kw: dict[str, Any] = {}
-        enabled = config.get("runtime_enabled")
-        if enabled is not None:
-            self.only(enabled, join(path, "runtime_enabled"), ("default_value", "runtime_key"))
-            kw["runtime_key"] = enabled.get("runtime_key") or None
-            kw["runtime_default"] = bool(enabled.get("default_value", True))
-        return ConnectionLimit(
-            stat_prefix=config.get("stat_prefix", ""),
-            max_connections=int(config["max_connections"]),
-            delay=float(config.get("delay") or 0.0),
-            **kw,
-        )
-
-    def overload_manager(self, node: Node, path: str) -> int | None:
-        """Only the global_downstream_max_connections resource monitor: the listeners' global
-        connection limit. Actions (and what they act on) are refused by name."""
-        # refresh_interval is inert here: this monitor is checked at each accept, not polled
-        self.only(node, path, ("resource_monitors", "refresh_interval"))
-        limit: int | None = None
-        for i, monitor in enumerate(node.get("resource_monitors", [])):
-            monitor_path = item(join(path, "resource_monitors"), i)
-            config = monitor.get("typed_config", {})
-            if config.get("@type") != DOWNSTREAM_CONNECTIONS:
-                what = config.get("@type") or monitor.get("name", "")
-                self.refuse(monitor_path, f"resource monitor '{what}'")
-                continue
-            self.only(monitor, monitor_path, ("name", "typed_config"))
-            config_path = join(monitor_path, "typed_config")
-            self.only(config, config_path, ("max_active_downstream_connections",))
-            value = int(config.get("max_active_downstream_connections") or 0)
-            if value <= 0:
-                # Envoy refuses the monitor without a positive limit
-                self.error(join(config_path, "max_active_downstream_connections"), "must be > 0")
-                continue
-            limit = value
-        return limit
 
     # --- TLS -------------------------------------------------------------------------------------
 
